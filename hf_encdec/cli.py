@@ -1,0 +1,113 @@
+"""`hf-encdec COMMAND ...`: argument parsing and error reporting only.
+
+Heavy libraries (torch, transformers) are imported by the commands, never here, so
+`hf-encdec --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+
+from .errors import UserError, did_you_mean
+
+USAGE = """usage: hf-encdec COMMAND [ARGS] [--debug]
+
+Fine-tune Hugging Face encoder-decoder models (T5, BART, Marian, ...) with one command.
+
+commands:
+  train [RECIPE.yaml] [--key value ...]   fine-tune or train from scratch; any recipe key
+                                          or Seq2SeqTrainingArguments key can be given as a flag
+
+examples:
+  hf-encdec train tasks/quickstart.yaml
+  hf-encdec train tasks/translation.yaml --learning_rate 3e-4 --output_dir runs/x
+  hf-encdec train --model_name_or_path t5-small --train_file pairs.jsonl --max_steps 1000
+  hf-encdec train --help                  every key, with its meaning
+
+exit codes: 0 success, 2 a user error (one line says what, where and how to fix it),
+1 an internal failure. --debug shows the traceback of user errors too.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, args = argv[0], argv[1:]
+    if command not in COMMANDS:
+        hint = did_you_mean(command, COMMANDS) or f"commands: {', '.join(COMMANDS)}"
+        print(f"hf-encdec: error: unknown command {command!r} ({hint})", file=sys.stderr)
+        return 2
+    _setup_logging()
+    try:
+        return COMMANDS[command](args)
+    except UserError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"hf-encdec: error: {err.one_line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hf-encdec: interrupted", file=sys.stderr)
+        return 130
+
+
+def train_command(args: list[str]) -> int:
+    from .config import load_config, parse_overrides
+
+    if "-h" in args or "--help" in args:
+        print(train_help())
+        return 0
+    recipe = args[0] if args and not args[0].startswith("--") else None
+    overrides = parse_overrides(args[1:] if recipe else args)
+    config = load_config(recipe, overrides)
+
+    from .training import train
+
+    result = train(config)
+    print(f"\nmodel saved to {result.output_dir}")
+    for split in ("validation", "test"):
+        scores = {k: v for k, v in result.metrics.get(split, {}).items() if not k.endswith(("runtime", "per_second"))}
+        if scores:
+            print(f"{split}: " + ", ".join(f"{k} {v}" for k, v in scores.items()))
+    for sample in result.samples:
+        print(f"  {sample['source']!r} -> {sample['prediction']!r} (reference {sample['reference']!r})")
+    return 0
+
+
+def train_help() -> str:
+    import dataclasses
+
+    from .config import ALIASES, GROUPS, TRAINING_DEFAULTS
+
+    lines = ["usage: hf-encdec train [RECIPE.yaml] [--key value ...]", ""]
+    for group, cls in GROUPS.items():
+        lines.append(f"{group} keys:")
+        for f in dataclasses.fields(cls):
+            choices = f.metadata.get("choices")
+            extra = f" [{'|'.join(choices)}]" if choices else ""
+            lines.append(f"  --{f.name:<28} {f.metadata.get('help', '')}{extra} (default: {f.default!r})")
+        lines.append("")
+    lines.append("every Seq2SeqTrainingArguments key is accepted too; hf-encdec's own defaults for them:")
+    lines.extend(f"  --{key:<28} {value!r}" for key, value in TRAINING_DEFAULTS.items())
+    lines.append("")
+    lines.append("aliases (names from run_translation.py / run_summarization.py):")
+    lines.extend(f"  --{old:<28} same as --{new}" for old, new in ALIASES.items())
+    return "\n".join(lines)
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("hf_encdec")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_command}

@@ -1,0 +1,417 @@
+"""RunConfig: every key of a run, documented once, validated before any heavy work.
+
+A run is described by flat keys (the names of the HF example scripts and of
+`Seq2SeqTrainingArguments`). Our own keys live in three dataclasses grouped by concern;
+every `Seq2SeqTrainingArguments` field is accepted as well and kept in `RunConfig.training`.
+Sources, lowest precedence first: dataclass defaults < recipe YAML < command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, did_you_mean
+from .tasks import TASKS
+
+SECRET_KEYS = {"token", "hub_token"}
+# Data paths in a recipe are relative to the recipe file, so a recipe folder can be moved whole.
+RECIPE_RELATIVE_KEYS = ("train_file", "validation_file", "test_file")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or local directory of a pretrained seq2seq model."}
+    )
+    model_config: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Train from scratch: {architecture: t5|bart|marian, <config sizes>...}. "
+            "A tokenizer is trained on the training data."
+        },
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use instead of the model's own."}
+    )
+    tokenizer_vocab_size: int = field(
+        default=8000, metadata={"help": "Vocabulary size of the tokenizer trained for a from-scratch model."}
+    )
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (never written to run_config.yaml)."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run code shipped with a Hub model. Off unless you trust it."}
+    )
+    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (Rust) tokenizer."})
+
+
+@dataclass
+class DataArguments:
+    task: str = field(
+        default="text2text",
+        metadata={"help": "Task adapter: column defaults, metrics, decoding.", "choices": sorted(TASKS)},
+    )
+    train_file: str | None = field(default=None, metadata={"help": "csv, tsv, json, jsonl or parquet."})
+    validation_file: str | None = field(default=None, metadata={"help": "Omit to carve one from train."})
+    test_file: str | None = field(default=None, metadata={"help": "Scored at the end; predictions saved."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id or local dataset folder."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the dataset."})
+    train_split: str = field(default="train", metadata={"help": "Split name for training (dataset_name)."})
+    validation_split: str | None = field(
+        default="validation", metadata={"help": "Split name for validation (dataset_name); null to carve one."}
+    )
+    test_split: str | None = field(default="test", metadata={"help": "Split name for test (dataset_name)."})
+    source_column: str | None = field(default=None, metadata={"help": "Column holding the input text."})
+    target_column: str | None = field(default=None, metadata={"help": "Column holding the output text."})
+    source_lang: str | None = field(default=None, metadata={"help": "Source language (e.g. en, en_XX)."})
+    target_lang: str | None = field(default=None, metadata={"help": "Target language (e.g. de, de_DE)."})
+    source_prefix: str | None = field(default=None, metadata={"help": "Text put before every source (T5)."})
+    forced_bos_token: str | None = field(
+        default=None, metadata={"help": "Token forced first in generation (mBART/NLLB target language)."}
+    )
+    lang: str | None = field(default=None, metadata={"help": "Language of the data (model card metadata)."})
+    max_source_length: int = field(default=1024, metadata={"help": "Longer sources are truncated (reported)."})
+    max_target_length: int = field(default=128, metadata={"help": "Longer targets are truncated (reported)."})
+    validation_split_size: float = field(
+        default=0.05, metadata={"help": "Carved validation size: a fraction (<1) or a row count (>=1)."}
+    )
+    invalid_rows: str = field(
+        default="drop",
+        metadata={"help": "Rows with an empty source or target: drop (and report) or fail.", "choices": ["drop", "fail"]},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation rows."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Use only the first N test rows."})
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every batch to the max lengths (dynamic padding is faster)."}
+    )
+    ignore_pad_token_for_loss: bool = field(
+        default=True, metadata={"help": "Label padding is -100 so the loss ignores it."}
+    )
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize instead of using the datasets cache."})
+
+
+@dataclass
+class RunArguments:
+    metrics: list[str] | None = field(
+        default=None, metadata={"help": "bleu, chrf, ter, rouge, exact_match; default from the task."}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after N evaluations without improvement (keeps the best model)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into an output_dir that holds a finished run."}
+    )
+    num_sample_predictions: int = field(default=5, metadata={"help": "Sample predictions printed at the end."})
+
+
+GROUPS: dict[str, type] = {"model": ModelArguments, "data": DataArguments, "run": RunArguments}
+
+# Our defaults where Seq2SeqTrainingArguments' defaults do not suit seq2seq fine-tuning.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "output_dir": "runs/hf-encdec",
+    "predict_with_generate": True,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "logging_steps": 50,
+    "save_total_limit": 2,
+    "report_to": "none",
+}
+
+# Names from run_translation.py / run_summarization.py (and older transformers) that we spell differently.
+ALIASES: dict[str, str] = {
+    "text_column": "source_column",
+    "summary_column": "target_column",
+    "val_max_target_length": "generation_max_length",
+    "num_beams": "generation_num_beams",
+    "evaluation_strategy": "eval_strategy",
+}
+
+
+def _training_fields() -> dict[str, Any]:
+    """Name -> type annotation of every Seq2SeqTrainingArguments field."""
+    from transformers import Seq2SeqTrainingArguments
+
+    hints = typing.get_type_hints(Seq2SeqTrainingArguments)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Seq2SeqTrainingArguments) if f.init}
+
+
+def _our_fields() -> dict[str, tuple[str, dataclasses.Field, Any]]:
+    """Flat key -> (group name, field, type annotation) for our own keys."""
+    fields = {}
+    for group, cls in GROUPS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            fields[f.name] = (group, f, hints[f.name])
+    return fields
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _union_members(annotation: Any) -> tuple:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert a YAML or command-line value to the key's declared type, or raise ConfigError.
+
+    Command-line values arrive as strings and PyYAML reads `3e-4` as a string (YAML 1.1),
+    so numbers are parsed here by declared type rather than trusted to the YAML parser.
+    """
+    members = _union_members(annotation)
+    if value is None:
+        if type(None) in members:
+            return None
+        raise ConfigError("needs a value, got null", key=key, hint=f"give a {_type_name(annotation)}")
+    for member in members:
+        converted = _convert(value, member)
+        if converted is not _NO:
+            return converted
+    expected = " or ".join(_type_name(m) for m in members if m is not type(None))
+    raise ConfigError(f"expected {expected}, got {value!r}", key=key)
+
+
+_NO = object()
+
+
+def _convert(value: Any, target: Any) -> Any:
+    origin = typing.get_origin(target)
+    if target is Any:
+        return value
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        return _NO
+    if target is int:
+        if isinstance(value, bool):
+            return _NO
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value))
+        except ValueError:
+            return _NO
+    if target is float:
+        if isinstance(value, bool):
+            return _NO
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return _NO
+    if target is str or (isinstance(target, type) and issubclass(target, (str, os.PathLike, enum.Enum))):
+        if isinstance(value, enum.Enum):
+            return value.value
+        return str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else _NO
+    if target is list or origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return list(value) if isinstance(value, (list, tuple)) else _NO
+    if target is dict or origin is dict:
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return _NO
+        return value if isinstance(value, dict) else _NO
+    return value  # complex library types (GenerationConfig, DebugOption lists): let the library validate
+
+
+@dataclass
+class RunConfig:
+    model: ModelArguments
+    data: DataArguments
+    run: RunArguments
+    training: dict[str, Any]
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training["output_dir"])
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, origin: str = "config") -> RunConfig:
+        """Build and validate a config from flat keys; report every problem at once."""
+        ours, training_types = _our_fields(), _training_fields()
+        grouped: dict[str, dict[str, Any]] = {g: {} for g in GROUPS}
+        training = dict(TRAINING_DEFAULTS)
+        problems: list[ConfigError] = []
+        for raw_key, value in values.items():
+            key = ALIASES.get(raw_key, raw_key)
+            try:
+                if key in ours:
+                    group, _, annotation = ours[key]
+                    grouped[group][key] = coerce(key, value, annotation)
+                elif key in training_types:
+                    training[key] = coerce(key, value, training_types[key])
+                else:
+                    hint = did_you_mean(raw_key, [*ours, *training_types, *ALIASES]) or "see `hf-encdec train --help`"
+                    raise ConfigError("unknown key", key=raw_key, hint=hint)
+            except ConfigError as err:
+                problems.append(err)
+        if not problems:
+            config = cls(
+                model=ModelArguments(**grouped["model"]),
+                data=DataArguments(**grouped["data"]),
+                run=RunArguments(**grouped["run"]),
+                training=training,
+            )
+            problems = config.problems()
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            details = "; ".join(p.one_line() for p in problems)
+            raise ConfigError(f"{len(problems)} problems in {origin}: {details}")
+        return config
+
+    def problems(self) -> list[ConfigError]:
+        """Contradictions and out-of-range values, all of them, before anything heavy runs."""
+        problems = []
+        m, d, r, t = self.model, self.data, self.run, self.training
+        if (m.model_name_or_path is None) == (m.model_config is None):
+            problems.append(
+                ConfigError(
+                    "give exactly one of model_name_or_path (fine-tune) and model_config (train from scratch)",
+                    key="model_name_or_path",
+                )
+            )
+        if t.get("do_train", True) and not (d.train_file or d.dataset_name):
+            problems.append(ConfigError("no training data", key="train_file", hint="set train_file or dataset_name"))
+        if d.train_file and d.dataset_name:
+            problems.append(
+                ConfigError("give train_file or dataset_name, not both", key="dataset_name")
+            )
+        for key in ("max_source_length", "max_target_length", "tokenizer_vocab_size", "validation_split_size",
+                    "max_train_samples", "max_eval_samples", "max_predict_samples", "num_sample_predictions",
+                    "early_stopping_patience"):
+            value = getattr(d, key, None) if hasattr(d, key) else getattr(m, key, getattr(r, key, None))
+            if value is not None and value <= 0 and key != "num_sample_predictions":
+                problems.append(ConfigError(f"must be positive, got {value}", key=key))
+        for key, value in (("invalid_rows", d.invalid_rows), ("task", d.task)):
+            choices = _our_fields()[key][1].metadata["choices"]
+            if value not in choices:
+                hint = did_you_mean(value, choices) or f"choose one of {', '.join(choices)}"
+                problems.append(ConfigError(f"unknown value {value!r}", key=key, hint=hint))
+        if d.task == "translation" and not (d.source_lang and d.target_lang) and not (d.source_column and d.target_column):
+            problems.append(
+                ConfigError("translation needs source_lang and target_lang (or source_column and target_column)",
+                            key="source_lang")
+            )
+        if r.metrics is not None:
+            from .metrics import check_metric_names
+
+            try:
+                check_metric_names(r.metrics)
+            except ConfigError as err:
+                problems.append(err)
+        if r.early_stopping_patience and t.get("eval_strategy") == "no":
+            problems.append(
+                ConfigError("early stopping needs evaluations", key="early_stopping_patience",
+                            hint="set eval_strategy to epoch or steps")
+            )
+        if not problems:
+            problems.extend(self._training_argument_problems())
+        return problems
+
+    def _training_argument_problems(self) -> list[ConfigError]:
+        try:
+            self.training_arguments()
+        except (ValueError, TypeError) as err:
+            return [ConfigError(f"rejected by Seq2SeqTrainingArguments: {err}")]
+        return []
+
+    def training_arguments(self, **overrides: Any):
+        from transformers import Seq2SeqTrainingArguments
+
+        return Seq2SeqTrainingArguments(**{**self.training, **overrides})
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """Every key, resolved, secrets left out: reproduces the run when passed back."""
+        flat: dict[str, Any] = {}
+        for part in (self.model, self.data, self.run):
+            flat.update(dataclasses.asdict(part))
+        flat.update(self.training)
+        return {k: v for k, v in flat.items() if k not in SECRET_KEYS and v is not None}
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_flat_dict(), sort_keys=False, allow_unicode=True))
+
+
+def read_recipe(path: str) -> dict[str, Any]:
+    """Load a recipe YAML as flat keys, with its data paths made absolute."""
+    recipe = Path(path)
+    if not recipe.is_file():
+        raise ConfigError("recipe file not found", path=path, hint="check the path")
+    try:
+        values = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"invalid YAML: {problem}", path=path, line=line) from None
+    except UnicodeDecodeError:
+        raise ConfigError("recipe is not UTF-8 text", path=path) from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError("a recipe must be a mapping of keys to values", path=path)
+    for key in RECIPE_RELATIVE_KEYS:
+        value = values.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            values[key] = str((recipe.parent / value).resolve())
+    return values
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`--key value`, `--key=value` and a bare `--flag` (true) into flat keys."""
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}", hint="keys are given as --key value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+                i += 1
+            else:
+                value = "true"
+        values[key] = _cli_value(value)
+        i += 1
+    return values
+
+
+def _cli_value(text: str) -> Any:
+    """`null` means None; the rest stays a string for coerce() to convert by declared type."""
+    if text.lower() in ("null", "none", "~"):
+        return None
+    if text[:1] in "[{":
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+    return text
+
+
+def load_config(recipe: str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Recipe (optional) < overrides, validated."""
+    values = read_recipe(recipe) if recipe else {}
+    values.update(overrides or {})
+    return RunConfig.from_dict(values, origin=recipe or "command line")

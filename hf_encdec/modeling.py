@@ -1,0 +1,212 @@
+"""Build the tokenizer and model: a pretrained checkpoint, or a fresh one trained from scratch.
+
+The model builder knows nothing about files or training: it gets model arguments and, for
+a from-scratch model, the texts to train a tokenizer on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError, ModelError, did_you_mean
+
+logger = logging.getLogger("hf_encdec.modeling")
+
+# fp16 overflows in T5-family feed-forward layers and the loss turns NaN
+# (transformers issues #10830, #14189); bf16 has the range to avoid it.
+FP16_UNSAFE_MODEL_TYPES = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
+
+
+@dataclass(frozen=True)
+class ScratchArchitecture:
+    """How to build one architecture from scratch: config, model class, start token, template."""
+
+    config_class: str
+    model_class: str
+    # T5 and Marian start decoding from the pad token, BART from </s> (their pretraining set-ups).
+    decoder_start: str
+    # BART wraps every sequence in <s> ... </s>; T5 and Marian only append </s>.
+    template: str
+    defaults: dict[str, Any]
+
+
+SCRATCH_ARCHITECTURES: dict[str, ScratchArchitecture] = {
+    "t5": ScratchArchitecture(
+        "T5Config", "T5ForConditionalGeneration", "pad", "$A </s>",
+        {"d_model": 256, "d_ff": 1024, "d_kv": 32, "num_heads": 8, "num_layers": 3, "num_decoder_layers": 3,
+         "feed_forward_proj": "relu", "dropout_rate": 0.1},
+    ),
+    "bart": ScratchArchitecture(
+        "BartConfig", "BartForConditionalGeneration", "eos", "<s> $A </s>",
+        {"d_model": 256, "encoder_layers": 3, "decoder_layers": 3, "encoder_attention_heads": 4,
+         "decoder_attention_heads": 4, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024,
+         "max_position_embeddings": 1024, "dropout": 0.1},
+    ),
+    "marian": ScratchArchitecture(
+        "MarianConfig", "MarianMTModel", "pad", "$A </s>",
+        {"d_model": 256, "encoder_layers": 3, "decoder_layers": 3, "encoder_attention_heads": 4,
+         "decoder_attention_heads": 4, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024,
+         "max_position_embeddings": 1024, "dropout": 0.1, "share_encoder_decoder_embeddings": True},
+    ),
+}
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "bos_token": "<s>"}
+
+
+def model_type_of(model_args: Any) -> str:
+    """The model type, read from the config only (no weights): cheap enough for validation."""
+    if model_args.model_config is not None:
+        return scratch_architecture(model_args.model_config)[0]
+    return load_pretrained_config(model_args).model_type
+
+
+def check_precision(model_type: str, training: dict[str, Any]) -> None:
+    if training.get("fp16") and model_type in FP16_UNSAFE_MODEL_TYPES:
+        raise ConfigError(
+            f"fp16 is refused for {model_type} models: their activations overflow fp16 and the loss becomes NaN",
+            key="fp16",
+            hint="use --bf16 true on a GPU that supports it (Ampere or newer), or fp32",
+        )
+
+
+def scratch_architecture(model_config: dict[str, Any]) -> tuple[str, ScratchArchitecture]:
+    name = model_config.get("architecture")
+    if name not in SCRATCH_ARCHITECTURES:
+        raise ConfigError(
+            f"unknown architecture {name!r}",
+            key="model_config.architecture",
+            hint=f"choose one of {', '.join(SCRATCH_ARCHITECTURES)}",
+        )
+    return name, SCRATCH_ARCHITECTURES[name]
+
+
+def load_pretrained_config(model_args: Any):
+    from transformers import AutoConfig
+
+    name = model_args.model_name_or_path
+    try:
+        config = AutoConfig.from_pretrained(
+            name,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            cache_dir=model_args.cache_dir,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(
+            f"cannot load model {name!r}: {str(err).splitlines()[0]}",
+            key="model_name_or_path",
+            hint="check the Hub id or local path; without network only local directories work",
+        ) from err
+    if not getattr(config, "is_encoder_decoder", False):
+        raise ModelError(
+            f"{name!r} is a {config.model_type} model, not an encoder-decoder",
+            key="model_name_or_path",
+            hint="use a seq2seq checkpoint (T5, BART, Marian, Pegasus, M2M-100 ...)",
+        )
+    return config
+
+
+def load_pretrained(model_args: Any):
+    """Tokenizer and model from a Hub id or local directory, safetensors only."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    config = load_pretrained_config(model_args)
+    common = {"revision": model_args.model_revision, "token": model_args.token, "cache_dir": model_args.cache_dir,
+              "trust_remote_code": model_args.trust_remote_code}
+    tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, use_fast=model_args.use_fast_tokenizer, **common)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load tokenizer {tokenizer_name!r}: {str(err).splitlines()[0]}",
+                         key="tokenizer_name") from err
+    if tokenizer.pad_token is None:
+        raise ModelError(f"tokenizer {tokenizer_name!r} has no pad token, so batches cannot be padded",
+                         key="tokenizer_name", hint="use a tokenizer that defines pad_token")
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            model_args.model_name_or_path, config=config, use_safetensors=True, **common
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(
+            f"cannot load weights of {model_args.model_name_or_path!r}: {str(err).splitlines()[0]}",
+            key="model_name_or_path",
+            hint="only safetensors weights are loaded; convert pickle (.bin) checkpoints first",
+        ) from err
+    return tokenizer, model
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, template: str):
+    """A BPE tokenizer with SentencePiece-style word boundaries, trained on the given texts."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(SPECIAL_TOKENS.values())
+    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
+    used = [t for t in specials if t in template.split()]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(t, tokenizer.token_to_id(t)) for t in used]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+
+
+def build_scratch(model_args: Any, texts: list[str], max_positions: int):
+    """Train a tokenizer on `texts` and build a randomly initialised model sized by model_config."""
+    import transformers
+
+    name, arch = scratch_architecture(model_args.model_config)
+    config_class = getattr(transformers, arch.config_class)
+    sizes = {**arch.defaults, **{k: v for k, v in model_args.model_config.items() if k != "architecture"}}
+    known = config_class().to_dict()
+    unknown = [k for k in sizes if k not in known]
+    if unknown:
+        raise ConfigError(f"{arch.config_class} has no field {unknown[0]!r}", key=f"model_config.{unknown[0]}",
+                          hint=did_you_mean(unknown[0], known) or "see the config class documentation")
+    tokenizer = train_tokenizer(texts, model_args.tokenizer_vocab_size, arch.template)
+    if "max_position_embeddings" in known:
+        sizes["max_position_embeddings"] = max(sizes.get("max_position_embeddings", 0), max_positions)
+    ids = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "decoder_start_token_id": getattr(tokenizer, f"{arch.decoder_start}_token_id"),
+    }
+    if name == "marian":
+        ids["decoder_vocab_size"] = len(tokenizer)
+    config = config_class(**sizes, **ids)
+    model = getattr(transformers, arch.model_class)(config)
+    _set_generation_ids(model, ids)
+    logger.info("built %s from scratch: %.1fM parameters, vocabulary %d", name, model.num_parameters() / 1e6,
+                len(tokenizer))
+    return tokenizer, model
+
+
+def _set_generation_ids(model: Any, ids: dict[str, int]) -> None:
+    # transformers 5 reads special ids for generate() from generation_config only.
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id"):
+        setattr(model.generation_config, key, ids[key])
+
+
+def max_positions(model: Any) -> int | None:
+    """Longest sequence the model's position embeddings allow (None: relative positions, no limit)."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def check_lengths(model: Any, max_source_length: int, max_target_length: int) -> None:
+    limit = max_positions(model)
+    for key, value in (("max_source_length", max_source_length), ("max_target_length", max_target_length)):
+        if limit is not None and value > limit:
+            raise ConfigError(f"{value} is beyond the model's {limit} positions", key=key,
+                              hint=f"set {key} to {limit} or less")
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

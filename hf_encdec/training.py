@@ -1,0 +1,330 @@
+"""One training run, top to bottom: config -> data -> model -> Seq2SeqTrainer -> outputs.
+
+Read `train()` first; every step is a function below it, in the order it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import data as data_lib
+from .config import RunConfig, load_config
+from .errors import ConfigError
+from .modeling import (build_scratch, check_lengths, check_precision, count_parameters, load_pretrained,
+                       model_type_of)
+from .tasks import TaskAdapter, get_task
+
+logger = logging.getLogger("hf_encdec.training")
+
+FINISHED_MARKER = "metrics.json"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+    samples: list[dict[str, str]]
+
+
+def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
+    """Fine-tune (or train from scratch) and write the output directory of DESIGN.md."""
+    config = as_config(config)
+    task = get_task(config.data.task)
+    model_type = model_type_of(config.model)
+    check_precision(model_type, config.training)
+    check_output_dir(config)
+    choose_precision(config, model_type)
+
+    splits = load_splits(config, task)
+    tokenizer, model = build_model(config, task, splits["train"])
+    generation_settings = task.configure_tokenizer(tokenizer, config.data)
+    check_lengths(model, config.data.max_source_length, config.data.max_target_length)
+
+    start_output_dir(config)
+    lengths = token_lengths(splits, tokenizer, task, config)
+    logger.info("data report:\n%s", data_lib.format_data_report(
+        splits, lengths["source"], lengths["target"], config.data.max_source_length, config.data.max_target_length))
+    set_generation_defaults(model, config, lengths["target"], generation_settings)
+    trainer = build_trainer(config, task, model, tokenizer, splits)
+
+    trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+    metrics = {"train": trainer.state.log_history[-1] if trainer.state.log_history else {}}
+    samples: list[dict[str, str]] = []
+    for name in ("validation", "test"):
+        if name in splits:
+            metrics[name], samples = predict_split(trainer, config, task, splits[name])
+    save_outputs(trainer, config, task, metrics, splits, lengths)
+    return TrainResult(config.output_dir, metrics, samples[: config.run.num_sample_predictions])
+
+
+def as_config(config: RunConfig | dict[str, Any] | str) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, str):
+        return load_config(config)
+    return RunConfig.from_dict(config, origin="train()")
+
+
+def check_output_dir(config: RunConfig) -> None:
+    """Refuse to mix a new run into a finished or unfinished one unless told to."""
+    out = config.output_dir
+    if out.exists() and not out.is_dir():
+        raise ConfigError("output_dir is a file", key="output_dir", path=str(out), hint="choose a directory path")
+    existing = out.parent if not out.exists() else out
+    while not existing.exists():
+        existing = existing.parent
+    if not _writable(existing):
+        raise ConfigError("output_dir is not writable", key="output_dir", path=str(out),
+                          hint="choose a directory you can write to")
+    finished = (out / FINISHED_MARKER).exists()
+    checkpoints = sorted(out.glob("checkpoint-*")) if out.is_dir() else []
+    if config.run.overwrite_output_dir:
+        _forget_previous_run(out, checkpoints)
+    elif finished:
+        raise ConfigError("output_dir holds a finished run", key="output_dir", path=str(out),
+                          hint="pass --overwrite_output_dir true or choose another --output_dir")
+    elif checkpoints and config.training.get("resume_from_checkpoint") is None:
+        raise ConfigError("output_dir holds checkpoints of an unfinished run", key="output_dir", path=str(out),
+                          hint="pass --resume_from_checkpoint true to continue it, or --overwrite_output_dir true")
+
+
+def _writable(path: Path) -> bool:
+    import os
+
+    return os.access(path, os.W_OK)
+
+
+def _forget_previous_run(out: Path, checkpoints: list[Path]) -> None:
+    # Only what a run of ours writes is removed: output_dir may be shared with the user's files.
+    (out / FINISHED_MARKER).unlink(missing_ok=True)
+    for checkpoint in checkpoints:
+        shutil.rmtree(checkpoint)
+
+
+def start_output_dir(config: RunConfig) -> None:
+    """Written once everything is validated, so a failed start leaves no output directory."""
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        config.save(config.output_dir / "run_config.yaml")
+
+
+def choose_precision(config: RunConfig, model_type: str) -> None:
+    """bf16 on GPUs that support it, unless the user chose a precision."""
+    import torch
+
+    training = config.training
+    if "bf16" in training or "fp16" in training or training.get("use_cpu"):
+        return
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        training["bf16"] = True
+        logger.info("bf16 mixed precision: this GPU supports it (set --bf16 false to train in fp32)")
+
+
+def load_splits(config: RunConfig, task: TaskAdapter) -> dict[str, data_lib.Split]:
+    """train / validation / test, validated; a validation split is carved from train when absent."""
+    d = config.data
+    columns = {"source_column": d.source_column, "target_column": d.target_column,
+               "source_lang": d.source_lang, "target_lang": d.target_lang,
+               "candidates": task.column_candidates, "on_invalid": d.invalid_rows}
+    limits = {"train": d.max_train_samples, "validation": d.max_eval_samples, "test": d.max_predict_samples}
+    splits: dict[str, data_lib.Split] = {}
+    if d.dataset_name:
+        hub_splits = {"train": d.train_split, "validation": d.validation_split, "test": d.test_split}
+        for name, split in hub_splits.items():
+            if split is None or (name != "train" and not _hub_split_exists(d, split)):
+                continue
+            splits[name] = data_lib.load_hub_split(
+                name, d.dataset_name, d.dataset_config_name, split, revision=None, token=config.model.token,
+                cache_dir=config.model.cache_dir, trust_remote_code=config.model.trust_remote_code,
+                max_samples=limits[name], **columns)
+    else:
+        files = {"train": d.train_file, "validation": d.validation_file, "test": d.test_file}
+        for name, path in files.items():
+            if path:
+                splits[name] = data_lib.load_file_split(name, path, max_samples=limits[name], **columns)
+    if "validation" not in splits:
+        seed = config.training.get("data_seed") or config.training.get("seed", 42)
+        splits["train"], splits["validation"] = data_lib.carve_validation(splits["train"], d.validation_split_size, seed)
+        logger.info("no validation data: carved %d rows from train (validation_split_size=%s, seed=%d)",
+                    len(splits["validation"]), d.validation_split_size, seed)
+    return splits
+
+
+def _hub_split_exists(d: Any, split: str) -> bool:
+    from datasets import get_dataset_split_names
+
+    try:
+        return split in get_dataset_split_names(d.dataset_name, d.dataset_config_name)
+    except Exception:  # the train split's loader reports unreachable datasets with a clear message
+        return False
+
+
+def build_model(config: RunConfig, task: TaskAdapter, train: data_lib.Split):
+    if config.model.model_config is not None:
+        texts = task.source_texts(train.sources, config.data.source_prefix) + train.targets
+        longest = max(config.data.max_source_length, config.data.max_target_length)
+        tokenizer, model = build_scratch(config.model, texts, longest)
+    else:
+        tokenizer, model = load_pretrained(config.model)
+    trainable, total = count_parameters(model)
+    logger.info("model: %s, %.1fM parameters (%.1fM trainable)", model.config.model_type, total / 1e6,
+                trainable / 1e6)
+    return tokenizer, model
+
+
+def token_lengths(splits, tokenizer, task: TaskAdapter, config: RunConfig) -> dict[str, dict[str, list[int]]]:
+    """Untruncated token lengths per split, for the data report and the generation length."""
+    lengths: dict[str, dict[str, list[int]]] = {"source": {}, "target": {}}
+    for name, split in splits.items():
+        sources = task.source_texts(split.sources, config.data.source_prefix)
+        lengths["source"][name] = [len(ids) for ids in tokenizer(sources)["input_ids"]]
+        lengths["target"][name] = [len(ids) for ids in tokenizer(text_target=split.targets)["input_ids"]]
+    return lengths
+
+
+def set_generation_defaults(model, config: RunConfig, target_lengths: dict[str, list[int]],
+                            settings: dict[str, int]) -> None:
+    """Evaluation decodes as long as the data needs, never the 20-token library default."""
+    longest = max(max(lengths, default=1) for lengths in target_lengths.values())
+    # 20% head-room over the longest target seen, for unseen inputs; capped by the configured limit.
+    max_target_tokens = min(config.data.max_target_length, int(longest * 1.2) + 1)
+    generation = model.generation_config
+    # max_length counts the decoder start token too.
+    generation.max_length = config.training.get("generation_max_length") or max_target_tokens + 1
+    generation.num_beams = config.training.get("generation_num_beams") or 1
+    for key, value in settings.items():
+        setattr(generation, key, value)
+
+
+def tokenize_split(split: data_lib.Split, tokenizer, task: TaskAdapter, config: RunConfig):
+    from datasets import Dataset
+
+    d = config.data
+    padding = "max_length" if d.pad_to_max_length else False
+    dataset = Dataset.from_dict({"source": task.source_texts(split.sources, d.source_prefix), "target": split.targets})
+
+    def tokenize(batch: dict[str, list[str]]) -> dict[str, Any]:
+        features = tokenizer(batch["source"], max_length=d.max_source_length, truncation=True, padding=padding)
+        labels = tokenizer(text_target=batch["target"], max_length=d.max_target_length, truncation=True,
+                           padding=padding)["input_ids"]
+        if padding and d.ignore_pad_token_for_loss:
+            # With fixed-length padding the pad ids sit inside the labels: hide them from the loss.
+            labels = [[t if t != tokenizer.pad_token_id else -100 for t in label] for label in labels]
+        features["labels"] = labels
+        return features
+
+    return dataset.map(tokenize, batched=True, remove_columns=["source", "target"],
+                       num_proc=d.preprocessing_num_workers, load_from_cache_file=not d.overwrite_cache,
+                       desc=f"tokenizing {split.name}")
+
+
+class GenerationMetrics:
+    """compute_metrics for Seq2SeqTrainer: generated ids -> text -> metrics against the raw references.
+
+    Scoring against the original target strings (not decoded labels) keeps unknown tokens and
+    tokenizer normalisation from flattering the score; evaluation runs in dataset order.
+    """
+
+    def __init__(self, tokenizer, metric_names: list[str], references: list[str]):
+        self.tokenizer = tokenizer
+        self.metric_names = metric_names
+        self.references = references
+        self.predictions: list[str] = []
+
+    def __call__(self, eval_prediction) -> dict[str, float]:
+        import numpy as np
+
+        from .metrics import compute_metrics
+
+        ids = eval_prediction.predictions
+        ids = ids[0] if isinstance(ids, tuple) else ids
+        ids = np.where(ids != -100, ids, self.tokenizer.pad_token_id)
+        self.predictions = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        scores = compute_metrics(self.metric_names, self.predictions, self.references[: len(self.predictions)])
+        special = set(self.tokenizer.all_special_ids)
+        scores["gen_len"] = round(float(np.mean([sum(t not in special for t in row) for row in ids.tolist()])), 4)
+        return scores
+
+
+def metric_names(config: RunConfig, task: TaskAdapter) -> list[str]:
+    return config.run.metrics or task.default_metrics
+
+
+def build_trainer(config: RunConfig, task: TaskAdapter, model, tokenizer, splits):
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer
+
+    overrides: dict[str, Any] = {}
+    callbacks = []
+    if config.run.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.run.early_stopping_patience))
+        overrides = {"load_best_model_at_end": True,
+                     "metric_for_best_model": config.training.get("metric_for_best_model") or task.best_metric}
+    args = config.training_arguments(**overrides)
+    collator = DataCollatorForSeq2Seq(
+        tokenizer, model=model,
+        label_pad_token_id=-100 if config.data.ignore_pad_token_for_loss else tokenizer.pad_token_id,
+        pad_to_multiple_of=8 if (args.fp16 or args.bf16) else None,  # tensor-core friendly shapes
+    )
+    return Seq2SeqTrainer(
+        model=model, args=args, data_collator=collator, processing_class=tokenizer, callbacks=callbacks,
+        train_dataset=tokenize_split(splits["train"], tokenizer, task, config),
+        eval_dataset=tokenize_split(splits["validation"], tokenizer, task, config),
+        compute_metrics=GenerationMetrics(tokenizer, metric_names(config, task), splits["validation"].targets),
+    )
+
+
+def resume_checkpoint(config: RunConfig) -> str | bool | None:
+    value = config.training.get("resume_from_checkpoint")
+    if isinstance(value, str) and value.lower() in ("true", "last"):
+        return True  # Trainer picks the newest checkpoint-* in output_dir
+    return value
+
+
+def predict_split(trainer, config: RunConfig, task: TaskAdapter, split: data_lib.Split):
+    """Final scores and predictions of one split, with the model as trained (or the best one)."""
+    trainer.compute_metrics = GenerationMetrics(trainer.processing_class, metric_names(config, task), split.targets)
+    dataset = tokenize_split(split, trainer.processing_class, task, config)
+    output = trainer.predict(dataset, metric_key_prefix=split.name)
+    prefix = f"{split.name}_"
+    metrics = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in output.metrics.items()}
+    rows = [{"line": line, "source": source, "reference": reference, "prediction": prediction}
+            for line, source, reference, prediction in
+            zip(split.lines, split.sources, split.targets, trainer.compute_metrics.predictions)]
+    if split.name == "test":
+        write_jsonl(config.output_dir / "predictions.jsonl", rows)
+    logger.info("%s: %s", split.name, json.dumps(metrics))
+    return metrics, rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def save_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[str, Any], splits, lengths) -> None:
+    """Model, tokenizer, generation config, run config, card; metrics.json last, as the finished marker."""
+    from .hub import write_model_card
+    from .metrics import metric_signatures
+
+    out = config.output_dir
+    trainer.save_model(str(out))
+    if not trainer.is_world_process_zero():
+        return
+    # run_config.yaml records the arguments without pickle; a loader needs no training_args.bin.
+    (out / "training_args.bin").unlink(missing_ok=True)
+    data_stats = {name: {"origin": split.origin, "rows": len(split), "dropped": split.dropped,
+                         "source_tokens": data_lib.length_stats(lengths["source"][name], config.data.max_source_length),
+                         "target_tokens": data_lib.length_stats(lengths["target"][name], config.data.max_target_length)}
+                  for name, split in splits.items()}
+    metrics = {**metrics, "signatures": metric_signatures(metric_names(config, task)), "data": data_stats}
+    write_model_card(out, config, task, metrics)
+    (out / FINISHED_MARKER).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")

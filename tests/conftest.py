@@ -1,0 +1,122 @@
+"""Shared fixtures: tiny pretrained-style checkpoints built once per session, and small data files.
+
+Each tiny model is saved with `save_pretrained` (safetensors) next to a tokenizer trained with
+`tokenizers`, and the code under test loads it through the real `from_pretrained` path, the same
+path a Hub id takes. Nothing here uses hf_encdec, so the fixtures cannot hide its bugs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+WORDS = ("red blue green small large cat dog bird tree house river stone sun moon car road "
+         "apple bread water fire snow rain wind city boat book door hand light night").split()
+
+TINY_SIZES = {
+    "t5": {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4, "num_layers": 2, "num_decoder_layers": 2},
+    "bart": {"d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+             "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+             "max_position_embeddings": 128},
+    "marian": {"d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+               "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+               "max_position_embeddings": 128},
+}
+
+
+def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """A learnable toy task: the target is the source words in reverse order."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        words = rng.choices(WORDS, k=rng.randint(2, 5))
+        pairs.append((" ".join(words), " ".join(reversed(words))))
+    return pairs
+
+
+def write_jsonl(path: Path, pairs, source="source", target="target") -> Path:
+    path.write_text("".join(json.dumps({source: s, target: t}) + "\n" for s, t in pairs), encoding="utf-8")
+    return path
+
+
+def _tokenizer(family: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>", "<s>"]
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece()  # joins tokens with spaces
+    tok.train_from_iterator([" ".join(WORDS)] * 2, trainers.WordLevelTrainer(special_tokens=specials))
+    single = "<s> $A </s>" if family == "bart" else "$A </s>"
+    used = [t for t in specials if t in single.split()]
+    tok.post_processor = processors.TemplateProcessing(single=single,
+                                                       special_tokens=[(t, tok.token_to_id(t)) for t in used])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   bos_token="<s>")
+
+
+def build_tiny_model(family: str, directory: Path) -> Path:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer(family)
+    config_class, model_class = {
+        "t5": ("T5Config", "T5ForConditionalGeneration"),
+        "bart": ("BartConfig", "BartForConditionalGeneration"),
+        "marian": ("MarianConfig", "MarianMTModel"),
+    }[family]
+    start = tokenizer.eos_token_id if family == "bart" else tokenizer.pad_token_id
+    ids = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+           "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
+           "decoder_start_token_id": start}
+    if family == "marian":
+        ids["decoder_vocab_size"] = len(tokenizer)
+    config = getattr(transformers, config_class)(**TINY_SIZES[family], **ids)
+    model = getattr(transformers, model_class)(config)
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id"):
+        setattr(model.generation_config, key, ids[key])
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: build_tiny_model(family, root / family) for family in TINY_SIZES}
+
+
+@pytest.fixture(scope="session")
+def pair_files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pairs")
+    pairs = make_pairs(260)
+    return {
+        "train": write_jsonl(root / "train.jsonl", pairs[:200]),
+        "validation": write_jsonl(root / "validation.jsonl", pairs[200:230]),
+        "test": write_jsonl(root / "test.jsonl", pairs[230:]),
+    }
+
+
+@pytest.fixture
+def quick_args(pair_files, tmp_path) -> dict:
+    """Flat keys for a short, fast run on the toy pairs."""
+    return {
+        "train_file": str(pair_files["train"]),
+        "validation_file": str(pair_files["validation"]),
+        "test_file": str(pair_files["test"]),
+        "output_dir": str(tmp_path / "run"),
+        "max_steps": 4,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 32,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "max_source_length": 16,
+        "max_target_length": 16,
+        "disable_tqdm": True,
+    }
