@@ -347,6 +347,9 @@ class RunConfig:
         for part in (self.model, self.data, self.run):
             flat.update(dataclasses.asdict(part))
         flat.update(self.training)
+        for key in RECIPE_RELATIVE_KEYS:  # absolute, so the saved config works from any directory
+            if flat.get(key):
+                flat[key] = str(Path(flat[key]).absolute())
         return {k: v for k, v in flat.items() if k not in SECRET_KEYS and v is not None}
 
     def save(self, path: Path) -> None:

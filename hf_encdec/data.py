@@ -26,6 +26,7 @@ logger = logging.getLogger("hf_encdec.data")
 
 TEXT_FORMATS = (".csv", ".tsv", ".json", ".jsonl")
 SUPPORTED = ".csv, .tsv, .json, .jsonl, .parquet (text formats may also end in .gz)"
+PARALLEL_PLACEHOLDER = "{lang}"
 SHOW_EXAMPLES = 5  # how many bad rows a warning or error names
 
 
@@ -67,6 +68,31 @@ def read_records(path: str) -> tuple[list[str], list[dict], list[int]]:
     if text.lstrip().startswith("["):  # a JSON array, whether the file is called .json or .jsonl
         return _read_json_array(path, text)
     return _read_json_lines(path, text)
+
+
+def read_parallel(pattern: str, source_lang: str | None, target_lang: str | None):
+    """Two line-aligned plain-text files, one sentence a line (the MT corpus layout, e.g. Multi30k).
+
+    `pattern` names both files with a {lang} placeholder: `train.{lang}.gz` with source_lang en and
+    target_lang de reads train.en.gz and train.de.gz. Columns are the two language codes.
+    """
+    if not (source_lang and target_lang):
+        raise ConfigError(f"a {PARALLEL_PLACEHOLDER} file pattern needs source_lang and target_lang",
+                          key="source_lang", path=pattern)
+    texts = {}
+    for lang in (source_lang, target_lang):
+        path = pattern.replace(PARALLEL_PLACEHOLDER, lang)
+        if not os.path.isfile(path):
+            raise DataError("file not found", path=path, hint=f"{pattern} is read once per language")
+        text = _read_text(path, path.lower().endswith(".gz"))
+        texts[lang] = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+    source, target = texts[source_lang], texts[target_lang]
+    if len(source) != len(target):
+        raise DataError(f"has {len(source)} lines but its {target_lang} side has {len(target)}",
+                        path=pattern.replace(PARALLEL_PLACEHOLDER, source_lang),
+                        hint="parallel files must be line-aligned")
+    records = [{source_lang: s, target_lang: t} for s, t in zip(source, target)]
+    return [source_lang, target_lang], records, list(range(1, len(records) + 1))
 
 
 def _extension(path: str) -> tuple[str, bool]:
@@ -328,7 +354,10 @@ def load_file_split(
     on_invalid: str, max_samples: int | None = None, require_target: bool = True,
 ) -> Split:
     """Read a file, pick columns, validate, then keep the first max_samples valid rows."""
-    columns, records, lines = read_records(path)
+    if PARALLEL_PLACEHOLDER in str(path):
+        columns, records, lines = read_parallel(str(path), source_lang, target_lang)
+    else:
+        columns, records, lines = read_records(path)
     return _build_split(name, str(path), columns, records, lines, on_invalid=on_invalid, max_samples=max_samples,
                         require_target=require_target, source_column=source_column, target_column=target_column,
                         source_lang=source_lang, target_lang=target_lang, candidates=candidates)
@@ -337,7 +366,7 @@ def load_file_split(
 def load_hub_split(
     name: str, dataset_name: str, dataset_config_name: str | None, split: str, *,
     revision: str | None = None, token: str | bool | None = None, cache_dir: str | None = None,
-    trust_remote_code: bool = False, source_column: str | None, target_column: str | None,
+    source_column: str | None, target_column: str | None,
     source_lang: str | None, target_lang: str | None, candidates: list[tuple[str, str]],
     on_invalid: str, max_samples: int | None = None, require_target: bool = True,
 ) -> Split:
@@ -345,7 +374,6 @@ def load_hub_split(
     import datasets
 
     origin = f"{dataset_name}[{split}]"
-    del trust_remote_code  # accepted for the CLI contract; datasets >= 4 runs no dataset scripts at all
     try:
         ds = datasets.load_dataset(dataset_name, dataset_config_name, split=split, revision=revision, token=token,
                                    cache_dir=cache_dir)

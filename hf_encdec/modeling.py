@@ -146,7 +146,11 @@ def train_tokenizer(texts: list[str], vocab_size: int, template: str):
     specials = list(SPECIAL_TOKENS.values())
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    # One token per digit: numbers are copied and reordered digit by digit, and merged digit
+    # pieces ("201", "19") make that much harder for a small model to learn.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
     tokenizer.decoder = decoders.Metaspace()
     tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
     used = [t for t in specials if t in template.split()]

@@ -142,8 +142,7 @@ def load_splits(config: RunConfig, task: TaskAdapter) -> dict[str, data_lib.Spli
                 continue
             splits[name] = data_lib.load_hub_split(
                 name, d.dataset_name, d.dataset_config_name, split, revision=None, token=config.model.token,
-                cache_dir=config.model.cache_dir, trust_remote_code=config.model.trust_remote_code,
-                max_samples=limits[name], **columns)
+                cache_dir=config.model.cache_dir, max_samples=limits[name], **columns)
     else:
         files = {"train": d.train_file, "validation": d.validation_file, "test": d.test_file}
         for name, path in files.items():
@@ -317,6 +316,7 @@ def save_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[st
 
     out = config.output_dir
     trainer.save_model(str(out))
+    trainer.save_state()  # trainer_state.json: the loss curve and evaluation history
     if not trainer.is_world_process_zero():
         return
     # run_config.yaml records the arguments without pickle; a loader needs no training_args.bin.

@@ -471,3 +471,30 @@ def test_format_data_report_shows_truncation():
     assert lines[1].split() == ["train", "4", "3", "5/12/12/12", "2/40/40/40"]
     assert "train: 2 sources / 1 targets longer than max_source_length=8 / max_target_length=32 will be truncated" in report
     assert "validation: 0 sources / 0 targets longer than" in report
+
+
+def test_parallel_text_files_by_language_pattern(tmp_path):
+    import gzip
+
+    from hf_encdec.data import load_file_split
+
+    with gzip.open(tmp_path / "train.en.gz", "wt", encoding="utf-8") as f:
+        f.write("A dog runs.\nNA\n007\n")
+    (tmp_path / "train.de").write_text("Ein Hund rennt.\nNA\n007\n", encoding="utf-8")
+    (tmp_path / "train.de.gz").write_bytes(gzip.compress("Ein Hund rennt.\nNA\n007\n".encode()))
+    split = load_file_split("train", str(tmp_path / "train.{lang}.gz"), source_column=None, target_column=None,
+                            source_lang="en", target_lang="de", candidates=[], on_invalid="fail")
+    assert split.sources == ["A dog runs.", "NA", "007"]
+    assert split.targets == ["Ein Hund rennt.", "NA", "007"]
+    assert split.lines == [1, 2, 3]
+
+
+def test_parallel_text_files_must_align(tmp_path):
+    from hf_encdec.data import read_parallel
+
+    (tmp_path / "t.en").write_text("a\nb\nc\n", encoding="utf-8")
+    (tmp_path / "t.de").write_text("a\nb\n", encoding="utf-8")
+    with pytest.raises(DataError, match="3 lines but its de side has 2"):
+        read_parallel(str(tmp_path / "t.{lang}"), "en", "de")
+    with pytest.raises(DataError, match="not found"):
+        read_parallel(str(tmp_path / "t.{lang}"), "en", "fr")
