@@ -35,7 +35,8 @@ class ScratchArchitecture:
 SCRATCH_ARCHITECTURES: dict[str, ScratchArchitecture] = {
     "t5": ScratchArchitecture(
         "T5Config", "T5ForConditionalGeneration", "pad", "$A </s>",
-        {"d_model": 256, "d_ff": 1024, "d_kv": 32, "num_heads": 8, "num_layers": 3, "num_decoder_layers": 3,
+        # num_decoder_layers is left out so that it follows num_layers (T5Config does that).
+        {"d_model": 256, "d_ff": 1024, "d_kv": 32, "num_heads": 8, "num_layers": 3,
          "feed_forward_proj": "relu", "dropout_rate": 0.1},
     ),
     "bart": ScratchArchitecture(

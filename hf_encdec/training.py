@@ -161,7 +161,7 @@ def _hub_split_exists(d: Any, split: str) -> bool:
 
     try:
         return split in get_dataset_split_names(d.dataset_name, d.dataset_config_name)
-    except Exception:  # the train split's loader reports unreachable datasets with a clear message
+    except (OSError, ValueError):  # unreachable: loading the train split reports it with a clear message
         return False
 
 

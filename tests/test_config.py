@@ -120,3 +120,34 @@ def test_bad_recipe_files_are_config_errors(tmp_path):
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(str(listing))
+
+
+class FakeMultilingualTokenizer:
+    """The attributes mBART/NLLB tokenizers expose for language codes."""
+
+    unk_token_id = 3
+    additional_special_tokens = ["en_XX", "de_DE"]
+    src_lang = "en_XX"
+    tgt_lang = "en_XX"
+
+    def convert_tokens_to_ids(self, token):
+        return {"en_XX": 10, "de_DE": 11}.get(token, self.unk_token_id)
+
+
+def test_translation_sets_language_codes_and_forces_the_target_language():
+    from hf_encdec.tasks import get_task
+
+    config = RunConfig.from_dict({**BASE, "task": "translation", "source_lang": "en_XX", "target_lang": "de_DE"})
+    tokenizer = FakeMultilingualTokenizer()
+    settings = get_task("translation").configure_tokenizer(tokenizer, config.data)
+    assert (tokenizer.src_lang, tokenizer.tgt_lang) == ("en_XX", "de_DE")
+    assert settings == {"forced_bos_token_id": 11}
+
+
+def test_unknown_language_code_is_a_config_error():
+    from hf_encdec.tasks import get_task
+
+    config = RunConfig.from_dict({**BASE, "task": "translation", "source_lang": "en_XX", "target_lang": "xx_YY"})
+    with pytest.raises(ConfigError, match="xx_YY") as err:
+        get_task("translation").configure_tokenizer(FakeMultilingualTokenizer(), config.data)
+    assert "de_DE" in str(err.value)

@@ -15,7 +15,7 @@ FAMILIES = ["t5", "bart", "marian"]
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_few_steps_reduce_loss_and_write_a_loadable_output_dir(family, tiny_models, quick_args):
-    result = hf_encdec.train({**quick_args, "model_name_or_path": str(tiny_models[family]), "max_steps": 30,
+    result = hf_encdec.train({**quick_args, "model_name_or_path": str(tiny_models[family]), "max_steps": 40,
                               "learning_rate": 3e-3, "warmup_steps": 0, "metrics": ["bleu", "exact_match"]})
     out = result.output_dir
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
@@ -37,13 +37,9 @@ def test_few_steps_reduce_loss_and_write_a_loadable_output_dir(family, tiny_mode
     assert yaml.safe_load((out / "run_config.yaml").read_text())["model_name_or_path"] == str(tiny_models[family])
     assert "hf-encdec" in (out / "README.md").read_text()
 
-
-def test_loss_goes_down(tiny_models, quick_args):
-    result = hf_encdec.train({**quick_args, "model_name_or_path": str(tiny_models["t5"]), "max_steps": 40,
-                              "learning_rate": 3e-3, "warmup_steps": 0, "test_file": None})
-    losses = [entry["loss"] for entry in _log_history(result.output_dir) if "loss" in entry]
-    assert len(losses) >= 30
-    assert sum(losses[-5:]) / 5 < 0.85 * sum(losses[:5]) / 5
+    losses = [entry["loss"] for entry in _log_history(out) if "loss" in entry]
+    assert len(losses) >= 25
+    assert sum(losses[-5:]) / 5 < 0.92 * sum(losses[:5]) / 5  # beyond noise: the token distribution is learnt
 
 
 def _log_history(output_dir):
@@ -101,3 +97,24 @@ def test_unknown_scratch_config_field_is_named(quick_args):
     with pytest.raises(ConfigError, match="d_modle") as err:
         hf_encdec.train({**quick_args, "model_config": {"architecture": "t5", "d_modle": 32}})
     assert "d_model" in str(err.value)
+
+
+def test_dataset_name_reads_a_local_dataset_folder(tiny_models, quick_args, pair_files, tmp_path):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        (folder / f"{split}.jsonl").write_text(pair_files[split].read_text())
+    args = {k: v for k, v in quick_args.items() if not k.endswith("_file")}
+    result = hf_encdec.train({**args, "model_name_or_path": str(tiny_models["t5"]), "dataset_name": str(folder)})
+    data = json.loads((result.output_dir / "metrics.json").read_text())["data"]
+    assert (data["train"]["rows"], data["validation"]["rows"]) == (200, 30)
+    assert "test" not in data
+
+
+def test_early_stopping_ends_the_run_when_the_metric_stalls(tiny_models, quick_args):
+    result = hf_encdec.train({**quick_args, "model_name_or_path": str(tiny_models["t5"]), "max_steps": 20,
+                              "learning_rate": 1e-12, "eval_strategy": "steps", "save_strategy": "steps",
+                              "eval_steps": 1, "save_steps": 1, "early_stopping_patience": 2, "test_file": None})
+    state = json.loads((result.output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 3  # the first evaluation sets the best score; two more without improvement
+    assert state["best_model_checkpoint"] is not None
