@@ -107,7 +107,6 @@ def _setup_logging() -> None:
     logger = logging.getLogger("hf_encdec")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_command}

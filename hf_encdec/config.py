@@ -43,7 +43,8 @@ class ModelArguments:
         default=None, metadata={"help": "Tokenizer to use instead of the model's own."}
     )
     tokenizer_vocab_size: int = field(
-        default=8000, metadata={"help": "Vocabulary size of the tokenizer trained for a from-scratch model."}
+        default=8000,
+        metadata={"positive": True, "help": "Vocabulary size of the tokenizer trained for a from-scratch model."},
     )
     model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
@@ -79,18 +80,29 @@ class DataArguments:
         default=None, metadata={"help": "Token forced first in generation (mBART/NLLB target language)."}
     )
     lang: str | None = field(default=None, metadata={"help": "Language of the data (model card metadata)."})
-    max_source_length: int = field(default=1024, metadata={"help": "Longer sources are truncated (reported)."})
-    max_target_length: int = field(default=128, metadata={"help": "Longer targets are truncated (reported)."})
+    max_source_length: int = field(
+        default=1024, metadata={"positive": True, "help": "Longer sources are truncated (reported)."}
+    )
+    max_target_length: int = field(
+        default=128, metadata={"positive": True, "help": "Longer targets are truncated (reported)."}
+    )
     validation_split_size: float = field(
-        default=0.05, metadata={"help": "Carved validation size: a fraction (<1) or a row count (>=1)."}
+        default=0.05,
+        metadata={"positive": True, "help": "Carved validation size: a fraction (<1) or a row count (>=1)."},
     )
     invalid_rows: str = field(
         default="drop",
         metadata={"help": "Rows with an empty source or target: drop (and report) or fail.", "choices": ["drop", "fail"]},
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation rows."})
-    max_predict_samples: int | None = field(default=None, metadata={"help": "Use only the first N test rows."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"positive": True, "help": "Use only the first N training rows."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"positive": True, "help": "Use only the first N validation rows."}
+    )
+    max_predict_samples: int | None = field(
+        default=None, metadata={"positive": True, "help": "Use only the first N test rows."}
+    )
     pad_to_max_length: bool = field(
         default=False, metadata={"help": "Pad every batch to the max lengths (dynamic padding is faster)."}
     )
@@ -107,7 +119,8 @@ class RunArguments:
         default=None, metadata={"help": "bleu, chrf, ter, rouge, exact_match; default from the task."}
     )
     early_stopping_patience: int | None = field(
-        default=None, metadata={"help": "Stop after N evaluations without improvement (keeps the best model)."}
+        default=None,
+        metadata={"positive": True, "help": "Stop after N evaluations without improvement (keeps the best model)."},
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output_dir that holds a finished run."}
@@ -297,12 +310,11 @@ class RunConfig:
             problems.append(
                 ConfigError("give train_file or dataset_name, not both", key="dataset_name")
             )
-        for key in ("max_source_length", "max_target_length", "tokenizer_vocab_size", "validation_split_size",
-                    "max_train_samples", "max_eval_samples", "max_predict_samples", "num_sample_predictions",
-                    "early_stopping_patience"):
-            value = getattr(d, key, None) if hasattr(d, key) else getattr(m, key, getattr(r, key, None))
-            if value is not None and value <= 0 and key != "num_sample_predictions":
-                problems.append(ConfigError(f"must be positive, got {value}", key=key))
+        for part in (m, d, r):
+            for f in dataclasses.fields(part):
+                value = getattr(part, f.name)
+                if f.metadata.get("positive") and value is not None and value <= 0:
+                    problems.append(ConfigError(f"must be positive, got {value}", key=f.name))
         for key, value in (("invalid_rows", d.invalid_rows), ("task", d.task)):
             choices = _our_fields()[key][1].metadata["choices"]
             if value not in choices:

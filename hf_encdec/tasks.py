@@ -30,14 +30,14 @@ def get_task(name: str) -> TaskAdapter:
 class TaskAdapter:
     name: ClassVar[str]
     # (source, target) column pairs tried in order when the recipe names no columns.
-    column_candidates: ClassVar[list[tuple[str, str]]] = [
+    column_candidates: ClassVar[tuple[tuple[str, str], ...]] = (
         ("source", "target"),
         ("input", "output"),
         ("input", "target"),
         ("src", "tgt"),
         ("question", "answer"),
-    ]
-    default_metrics: ClassVar[list[str]] = ["bleu", "chrf", "exact_match"]
+    )
+    default_metrics: ClassVar[tuple[str, ...]] = ("bleu", "chrf", "exact_match")
     best_metric: ClassVar[str] = "chrf"
     pipeline_tag: ClassVar[str] = "text2text-generation"
 
@@ -73,7 +73,7 @@ class Text2Text(TaskAdapter):
 @register_task
 class Translation(TaskAdapter):
     name = "translation"
-    default_metrics = ["bleu", "chrf"]
+    default_metrics = ("bleu", "chrf")
     best_metric = "bleu"
     pipeline_tag = "translation"
 
@@ -95,13 +95,13 @@ class Translation(TaskAdapter):
 @register_task
 class Summarization(TaskAdapter):
     name = "summarization"
-    column_candidates = [
+    column_candidates = (
         ("text", "summary"),
         ("document", "summary"),
         ("article", "highlights"),
         ("dialogue", "summary"),
         ("source", "target"),
-    ]
-    default_metrics = ["rouge"]
+    )
+    default_metrics = ("rouge",)
     best_metric = "rougeL"
     pipeline_tag = "summarization"

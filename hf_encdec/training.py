@@ -15,8 +15,7 @@ from typing import Any
 from . import data as data_lib
 from .config import RunConfig, load_config
 from .errors import ConfigError
-from .modeling import (build_scratch, check_lengths, check_precision, count_parameters, load_pretrained,
-                       model_type_of)
+from .modeling import build_scratch, check_lengths, check_precision, count_parameters, load_pretrained, model_type_of
 from .tasks import TaskAdapter, get_task
 
 logger = logging.getLogger("hf_encdec.training")
@@ -253,7 +252,7 @@ class GenerationMetrics:
 
 
 def metric_names(config: RunConfig, task: TaskAdapter) -> list[str]:
-    return config.run.metrics or task.default_metrics
+    return config.run.metrics or list(task.default_metrics)
 
 
 def build_trainer(config: RunConfig, task: TaskAdapter, model, tokenizer, splits):
@@ -292,7 +291,7 @@ def predict_split(trainer, config: RunConfig, task: TaskAdapter, split: data_lib
     dataset = tokenize_split(split, trainer.processing_class, task, config)
     output = trainer.predict(dataset, metric_key_prefix=split.name)
     prefix = f"{split.name}_"
-    metrics = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in output.metrics.items()}
+    metrics = {k.removeprefix(prefix): v for k, v in output.metrics.items()}
     rows = [{"line": line, "source": source, "reference": reference, "prediction": prediction}
             for line, source, reference, prediction in
             zip(split.lines, split.sources, split.targets, trainer.compute_metrics.predictions)]
