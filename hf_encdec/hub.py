@@ -64,7 +64,7 @@ def _results_table(metrics: dict[str, Any]) -> str:
     for split in ("validation", "test"):
         for key, value in metrics.get(split, {}).items():
             if not key.endswith(("runtime", "per_second")):
-                rows.append(f"| {split} | {key} | {value} |")
+                rows.append(f"| {split} | {key} | {round(value, 4) if isinstance(value, float) else value} |")
     signatures = metrics.get("signatures") or {}
     notes = "".join(f"\n\n`{name}` signature: `{sig}`" for name, sig in signatures.items())
     return "\n".join(rows) + notes
