@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,11 @@ import torch
 import hf_encdec
 from hf_encdec.cli import main
 from hf_encdec.errors import ConfigError
+
+MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
+RECIPE_SMOKE = ["--max_train_samples", "64", "--max_eval_samples", "8", "--max_predict_samples", "8",
+                "--max_steps", "2", "--per_device_train_batch_size", "8", "--eval_strategy", "no",
+                "--save_strategy", "no", "--early_stopping_patience", "null", "--generation_num_beams", "1"]
 
 # For each family: a module name that only cross-attention has.
 CROSS_ATTENTION = {"t5": "EncDecAttention", "bart": "encoder_attn", "marian": "encoder_attn"}
@@ -176,3 +182,27 @@ def test_merge_command_writes_a_plain_transformers_model(tiny_models, quick_args
             == _generate(_vanilla_peft_model(out, base), tokenizer, sources, out))
     assert main(["merge", "--model", str(tiny_models["t5"])]) == 2
     assert "adapter_config.json" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (MULTI30K / "train.en.gz").exists(), reason="Multi30k is not beside the repository")
+def test_t5_lora_recipe_runs_against_a_local_checkpoint(tiny_models, tmp_path):
+    recipe = str(Path(__file__).resolve().parents[1] / "tasks" / "t5-lora.yaml")
+    code = main(["train", recipe, "--model_name_or_path", str(tiny_models["t5"]),
+                 "--output_dir", str(tmp_path / "lora"), *RECIPE_SMOKE])
+    assert code == 0
+    assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["r"] == 16
+
+
+def test_compare_lora_script_reports_both_runs(tiny_models, tmp_path, capsys):
+    if not (MULTI30K / "train.en.gz").exists():
+        pytest.skip("Multi30k is not beside the repository")
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "compare_lora.py"))
+    assert script["main"]([str(tiny_models["t5"]), "--steps", "4", "--batch_size", "8", "--eval_rows", "8",
+                           "--max_train_samples", "64", "--output_dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()[-2:]
+    full, lora = (line.split() for line in table)
+    assert (full[0], lora[0]) == ("full", "lora")
+    trainable = {row[0]: int(row[2].replace(",", "")) for row in (full, lora)}
+    assert full[4] == "100.00%" and 0 < trainable["lora"] < trainable["full"] / 2
