@@ -36,19 +36,20 @@ print(decoder_tokenizer.batch_decode(outputs, skip_special_tokens=True))
 
 ADAPTER_USAGE = '''```python
 from peft import PeftModel
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, EncoderDecoderModel, GenerationConfig
 
 tokenizer = AutoTokenizer.from_pretrained("{path}")
-base = AutoModelForSeq2SeqLM.from_pretrained("{base}")
+base = {base}
 model = PeftModel.from_pretrained(base, "{path}")  # or load {path}/merged with transformers alone, if present
 inputs = tokenizer(["{prefix}your text here"], return_tensors="pt", padding=True)
 outputs = model.generate(**inputs, generation_config=GenerationConfig.from_pretrained("{path}"))
-print(tokenizer.batch_decode(outputs, skip_special_tokens=True))
+print({output_tokenizer}.batch_decode(outputs, skip_special_tokens=True))
 ```'''
 
-PAIR_ADAPTER_NOTE = ("The base is the warm-started pair: `EncoderDecoderModel.from_encoder_decoder_pretrained("
-                     "\"{encoder}\", \"{decoder}\")`, with the decoder embeddings resized to the saved decoder "
-                     "tokenizer; `hf-encdec merge --model {path}` rebuilds it and saves the merged model.")
+PAIR_ADAPTER_NOTE = ("The base is the warm-started pair rebuilt from its two checkpoints. When the decoder "
+                     "tokenizer gained a pad token, resize first: `base.decoder.resize_token_embeddings(len("
+                     "decoder_tokenizer))`. `hf-encdec merge --model {path}` does all of this and saves a merged "
+                     "model.")
 
 
 def write_model_card(output_dir: Path, config: RunConfig, task: TaskAdapter, metrics: dict[str, Any]) -> None:
@@ -114,11 +115,14 @@ def _model_section(model: dict[str, Any]) -> str:
 def _usage(config: RunConfig, output_dir: Path) -> str:
     m, prefix = config.model, config.data.source_prefix or ""
     if config.adapter.peft:
-        usage = ADAPTER_USAGE.format(path=output_dir, base=m.model_name_or_path or "BASE", prefix=prefix)
-        if m.encoder_name_or_path:
-            usage += "\n\n" + PAIR_ADAPTER_NOTE.format(encoder=m.encoder_name_or_path,
-                                                      decoder=m.decoder_name_or_path, path=output_dir)
-        return usage
+        if not m.encoder_name_or_path:
+            base = f'AutoModelForSeq2SeqLM.from_pretrained("{m.model_name_or_path}")'
+            return ADAPTER_USAGE.format(path=output_dir, base=base, prefix=prefix, output_tokenizer="tokenizer")
+        base = (f'EncoderDecoderModel.from_encoder_decoder_pretrained("{m.encoder_name_or_path}", '
+                f'"{m.decoder_name_or_path}")\ndecoder_tokenizer = AutoTokenizer.from_pretrained("{output_dir}/'
+                f'decoder_tokenizer")')
+        usage = ADAPTER_USAGE.format(path=output_dir, base=base, prefix=prefix, output_tokenizer="decoder_tokenizer")
+        return usage + "\n\n" + PAIR_ADAPTER_NOTE.format(path=output_dir)
     if m.encoder_name_or_path:
         return PAIR_USAGE.format(path=output_dir, prefix=prefix)
     return USAGE.format(path=output_dir, prefix=prefix)

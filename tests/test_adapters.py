@@ -80,7 +80,7 @@ def test_lora_saves_an_adapter_that_vanilla_peft_reloads(family, tiny_models, qu
     assert "PeftModel.from_pretrained" in card and base in card
 
 
-def test_lora_on_a_warm_started_pair_trains_the_cross_attention_fully(tiny_pair_models, quick_args):
+def test_lora_on_a_warm_started_pair_trains_the_cross_attention_fully(tiny_pair_models, quick_args, tmp_path):
     bert = str(tiny_pair_models["bert"])
     result = hf_encdec.train({**quick_args, "encoder_name_or_path": bert, "decoder_name_or_path": bert,
                               "peft": "lora", "max_steps": 12, "learning_rate": 1e-2, "max_target_length": 32})
@@ -102,11 +102,17 @@ def test_lora_on_a_warm_started_pair_trains_the_cross_attention_fully(tiny_pair_
     tokenizer = AutoTokenizer.from_pretrained(out)
     decoder_tokenizer = AutoTokenizer.from_pretrained(out / "decoder_tokenizer")
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()][:6]
+    batch = tokenizer([r["source"] for r in rows], return_tensors="pt", padding=True)
     with torch.no_grad():
-        ids = model.generate(**tokenizer([r["source"] for r in rows], return_tensors="pt", padding=True),
-                             generation_config=GenerationConfig.from_pretrained(out))
+        ids = model.generate(**batch, generation_config=GenerationConfig.from_pretrained(out))
     predictions = [t.strip() for t in decoder_tokenizer.batch_decode(ids, skip_special_tokens=True)]
     assert predictions == [r["prediction"] for r in rows]
+
+    # `hf-encdec merge` rebuilds the pair from run_config.yaml: transformers alone then gives the same output.
+    assert main(["merge", "--model", str(out), "--output", str(tmp_path / "merged")]) == 0
+    merged = EncoderDecoderModel.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        assert merged.generate(**batch).tolist() == ids.tolist()
 
 
 def test_all_linear_adapts_more_modules_than_auto(tiny_models, quick_args):
