@@ -100,6 +100,10 @@ class PairTokenizer:
         return saved + self.decoder.save_pretrained(Path(directory) / DECODER_TOKENIZER_DIR, **kwargs)
 
     def __getattr__(self, name: str):
+        # Only called for names the pair lacks; while unpickling (multiprocess tokenization)
+        # `encoder` itself is missing and must not recurse.
+        if name in ("encoder", "decoder") or name.startswith("__"):
+            raise AttributeError(name)
         return getattr(self.encoder, name)
 
 
