@@ -48,7 +48,8 @@ def _generate(model, tokenizer, sources, generation_dir):
 def test_lora_saves_an_adapter_that_vanilla_peft_reloads(family, tiny_models, quick_args):
     base = str(tiny_models[family])
     result = hf_encdec.train({**quick_args, "model_name_or_path": base, "peft": "lora", "max_steps": 12,
-                              "learning_rate": 1e-2, "merge_lora": True})
+                              "learning_rate": 1e-2, "merge_lora": True, "max_eval_samples": 8,
+                              "max_predict_samples": 8})
     out = result.output_dir
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -83,7 +84,8 @@ def test_lora_saves_an_adapter_that_vanilla_peft_reloads(family, tiny_models, qu
 def test_lora_on_a_warm_started_pair_trains_the_cross_attention_fully(tiny_pair_models, quick_args, tmp_path):
     bert = str(tiny_pair_models["bert"])
     result = hf_encdec.train({**quick_args, "encoder_name_or_path": bert, "decoder_name_or_path": bert,
-                              "peft": "lora", "max_steps": 12, "learning_rate": 1e-2, "max_target_length": 32})
+                              "peft": "lora", "max_steps": 12, "learning_rate": 1e-2, "max_target_length": 32,
+                              "max_eval_samples": 6, "max_predict_samples": 6})
     out = result.output_dir
     from peft import PeftModel
     from transformers import AutoTokenizer, EncoderDecoderModel, GenerationConfig

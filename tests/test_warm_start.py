@@ -24,7 +24,7 @@ def _pair_args(tiny_pair_models, pair: str) -> dict:
 @pytest.mark.parametrize("pair", sorted(PAIRS))
 def test_warm_start_trains_and_generates_after_a_vanilla_reload(pair, tiny_pair_models, quick_args):
     result = hf_encdec.train({**quick_args, **_pair_args(tiny_pair_models, pair), "max_steps": 30,
-                              "learning_rate": 3e-3, "warmup_steps": 0})
+                              "learning_rate": 3e-3, "warmup_steps": 0, "max_eval_samples": 8, "test_file": None})
     out = result.output_dir
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, EncoderDecoderModel
 
