@@ -20,12 +20,16 @@ Fine-tune Hugging Face encoder-decoder models (T5, BART, Marian, ...) with one c
 commands:
   train [RECIPE.yaml] [--key value ...]   fine-tune or train from scratch; any recipe key
                                           or Seq2SeqTrainingArguments key can be given as a flag
+  merge --model DIR [--output DIR] [--base ID_OR_DIR]
+                                          merge a LoRA/IA3 run's adapter into its base model
+                                          (default output DIR/merged; loads with transformers alone)
 
 examples:
   hf-encdec train tasks/quickstart.yaml
   hf-encdec train tasks/translation.yaml --learning_rate 3e-4 --output_dir runs/x
   hf-encdec train --model_name_or_path t5-small --train_file pairs.jsonl --max_steps 1000
   hf-encdec train --help                  every key, with its meaning
+  hf-encdec merge --model runs/t5-lora
 
 exit codes: 0 success, 2 a user error (one line says what, where and how to fix it),
 1 an internal failure. --debug shows the traceback of user errors too.
@@ -101,6 +105,24 @@ def train_help() -> str:
     return "\n".join(lines)
 
 
+def merge_command(args: list[str]) -> int:
+    from .config import parse_overrides
+    from .errors import ConfigError
+
+    options = parse_overrides(args)
+    unknown = sorted(set(options) - {"model", "output", "base"})
+    if unknown:
+        raise ConfigError("unknown option", key=unknown[0],
+                          hint="usage: hf-encdec merge --model DIR [--output DIR] [--base ID_OR_DIR]")
+    if not options.get("model"):
+        raise ConfigError("which run to merge?", key="model", hint="pass --model with the run's output_dir")
+
+    from .adapters import merge_saved
+
+    print(f"merged model saved to {merge_saved(options['model'], options.get('output'), options.get('base'))}")
+    return 0
+
+
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -109,4 +131,4 @@ def _setup_logging() -> None:
     logger.setLevel(logging.INFO)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_command}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_command, "merge": merge_command}

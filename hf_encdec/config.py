@@ -53,6 +53,14 @@ class ModelArguments:
         default=False, metadata={"help": "Run code shipped with a Hub model. Off unless you trust it."}
     )
     use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (Rust) tokenizer."})
+    encoder_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Warm start: the encoder of an EncoderDecoderModel (BERT, RoBERTa ...), with decoder_name_or_path."},
+    )
+    decoder_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Warm start: the decoder (BERT, RoBERTa, GPT-2 ...); its cross-attention starts random."},
+    )
 
 
 @dataclass
@@ -128,7 +136,34 @@ class RunArguments:
     num_sample_predictions: int = field(default=5, metadata={"help": "Sample predictions printed at the end."})
 
 
-GROUPS: dict[str, type] = {"model": ModelArguments, "data": DataArguments, "run": RunArguments}
+@dataclass
+class AdapterArguments:
+    peft: str | None = field(
+        default=None,
+        metadata={"help": "Parameter-efficient fine-tuning method; null trains every weight.", "choices": ["lora", "ia3"]},
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank: adapter size (4-64 is usual)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling; the update is scaled by lora_alpha / lora_r."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: str | list[str] = field(
+        default="auto",
+        metadata={"help": "Modules to adapt (lora and ia3): auto (attention per architecture, cross-attention "
+                  "included), all-linear, or a list of module names such as [q, v]."},
+    )
+    train_cross_attention: bool = field(
+        default=True,
+        metadata={"help": "Warm-started pairs: train the randomly initialised cross-attention fully next to the "
+                  "adapters (adapters alone would leave it near random)."},
+    )
+    merge_lora: bool = field(
+        default=False, metadata={"help": "Also save the adapter merged into the base model, under OUTPUT_DIR/merged."}
+    )
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base model in 4 bits (CUDA only)."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the base model in 8 bits (CUDA only)."})
+
+
+GROUPS: dict[str, type] = {"model": ModelArguments, "data": DataArguments, "run": RunArguments,
+                           "adapter": AdapterArguments}
 
 # Our defaults where Seq2SeqTrainingArguments' defaults do not suit seq2seq fine-tuning.
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -253,6 +288,7 @@ class RunConfig:
     data: DataArguments
     run: RunArguments
     training: dict[str, Any]
+    adapter: AdapterArguments = field(default_factory=AdapterArguments)
 
     @property
     def output_dir(self) -> Path:
@@ -284,6 +320,7 @@ class RunConfig:
                 data=DataArguments(**grouped["data"]),
                 run=RunArguments(**grouped["run"]),
                 training=training,
+                adapter=AdapterArguments(**grouped["adapter"]),
             )
             problems = config.problems()
         if len(problems) == 1:
@@ -297,10 +334,12 @@ class RunConfig:
         """Contradictions and out-of-range values, all of them, before anything heavy runs."""
         problems = []
         m, d, r, t = self.model, self.data, self.run, self.training
-        if (m.model_name_or_path is None) == (m.model_config is None):
+        warm_start = m.encoder_name_or_path is not None or m.decoder_name_or_path is not None
+        if (m.model_name_or_path is not None) + (m.model_config is not None) + warm_start != 1:
             problems.append(
                 ConfigError(
-                    "give exactly one of model_name_or_path (fine-tune) and model_config (train from scratch)",
+                    "give exactly one of model_name_or_path (fine-tune), model_config (train from scratch) and "
+                    "encoder_name_or_path + decoder_name_or_path (warm start)",
                     key="model_name_or_path",
                 )
             )
@@ -337,8 +376,38 @@ class RunConfig:
                 ConfigError("early stopping needs evaluations", key="early_stopping_patience",
                             hint="set eval_strategy to epoch or steps")
             )
+        problems.extend(self._adapter_problems())
         if not problems:
             problems.extend(self._training_argument_problems())
+        return problems
+
+    def _adapter_problems(self) -> list[ConfigError]:
+        m, a = self.model, self.adapter
+        problems = []
+        if (m.encoder_name_or_path is None) != (m.decoder_name_or_path is None):
+            missing = "decoder_name_or_path" if m.decoder_name_or_path is None else "encoder_name_or_path"
+            problems.append(ConfigError("a warm start needs both encoder_name_or_path and decoder_name_or_path",
+                                        key=missing, hint=f"set {missing} too"))
+        choices = _our_fields()["peft"][1].metadata["choices"]
+        if a.peft is not None and a.peft not in choices:
+            hint = did_you_mean(a.peft, choices) or f"choose one of {', '.join(choices)}, or null for full fine-tuning"
+            problems.append(ConfigError(f"unknown value {a.peft!r}", key="peft", hint=hint))
+        if a.peft and m.model_config is not None:
+            problems.append(ConfigError("adapters need pretrained weights; a from-scratch model trains every weight",
+                                        key="peft", hint="remove peft, or fine-tune a pretrained model"))
+        for key in ("lora_r", "lora_alpha"):
+            if getattr(a, key) <= 0:
+                problems.append(ConfigError(f"must be positive, got {getattr(a, key)}", key=key))
+        if not 0 <= a.lora_dropout < 1:
+            problems.append(ConfigError(f"must be in [0, 1), got {a.lora_dropout}", key="lora_dropout"))
+        if a.merge_lora and not a.peft:
+            problems.append(ConfigError("there is no adapter to merge", key="merge_lora", hint="set peft: lora"))
+        if a.load_in_4bit and a.load_in_8bit:
+            problems.append(ConfigError("choose one of load_in_4bit and load_in_8bit", key="load_in_8bit"))
+        if (a.load_in_4bit or a.load_in_8bit) and not a.peft:
+            problems.append(ConfigError("quantized weights cannot be fine-tuned directly",
+                                        key="load_in_4bit" if a.load_in_4bit else "load_in_8bit",
+                                        hint="set peft: lora (QLoRA)"))
         return problems
 
     def _training_argument_problems(self) -> list[ConfigError]:
@@ -356,7 +425,7 @@ class RunConfig:
     def to_flat_dict(self) -> dict[str, Any]:
         """Every key, resolved, secrets left out: reproduces the run when passed back."""
         flat: dict[str, Any] = {}
-        for part in (self.model, self.data, self.run):
+        for part in (self.model, self.data, self.run, self.adapter):
             flat.update(dataclasses.asdict(part))
         flat.update(self.training)
         for key in RECIPE_RELATIVE_KEYS:  # absolute, so the saved config works from any directory

@@ -60,6 +60,11 @@ def model_type_of(model_args: Any) -> str:
     """The model type, read from the config only (no weights): cheap enough for validation."""
     if model_args.model_config is not None:
         return scratch_architecture(model_args.model_config)[0]
+    if model_args.encoder_name_or_path is not None:
+        from .warm_start import load_configs
+
+        load_configs(model_args)
+        return "encoder-decoder"
     return load_pretrained_config(model_args).model_type
 
 
@@ -110,8 +115,8 @@ def load_pretrained_config(model_args: Any):
     return config
 
 
-def load_pretrained(model_args: Any):
-    """Tokenizer and model from a Hub id or local directory, safetensors only."""
+def load_pretrained(model_args: Any, quantization_config: Any = None):
+    """Tokenizer and model from a Hub id or local directory, safetensors only (quantized for QLoRA)."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     config = load_pretrained_config(model_args)
@@ -128,7 +133,8 @@ def load_pretrained(model_args: Any):
                          key="tokenizer_name", hint="use a tokenizer that defines pad_token")
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(
-            model_args.model_name_or_path, config=config, use_safetensors=True, **common
+            model_args.model_name_or_path, config=config, use_safetensors=True,
+            quantization_config=quantization_config, **common
         )
     except (OSError, ValueError) as err:
         raise ModelError(
@@ -201,7 +207,11 @@ def _set_generation_ids(model: Any, ids: dict[str, int]) -> None:
 
 def max_positions(model: Any) -> int | None:
     """Longest sequence the model's position embeddings allow (None: relative positions, no limit)."""
-    return getattr(model.config, "max_position_embeddings", None)
+    config = model.config
+    if config.model_type == "encoder-decoder":  # a warm-started pair: the shorter of its two halves
+        limits = [getattr(part, "max_position_embeddings", None) for part in (config.encoder, config.decoder)]
+        return min((limit for limit in limits if limit), default=None)
+    return getattr(config, "max_position_embeddings", None)
 
 
 def check_lengths(model: Any, max_source_length: int, max_target_length: int) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data as data_lib
+from .adapters import apply_peft, quantization_config, save_merged
 from .config import RunConfig, load_config
 from .errors import ConfigError
 from .modeling import build_scratch, check_lengths, check_precision, count_parameters, load_pretrained, model_type_of
@@ -36,11 +37,12 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     task = get_task(config.data.task)
     model_type = model_type_of(config.model)
     check_precision(model_type, config.training)
+    quantization = quantization_config(config.adapter)
     check_output_dir(config)
     choose_precision(config, model_type)
 
     splits = load_splits(config, task)
-    tokenizer, model = build_model(config, task, splits["train"])
+    tokenizer, model = build_model(config, task, splits["train"], quantization)
     generation_settings = task.configure_tokenizer(tokenizer, config.data)
     check_lengths(model, config.data.max_source_length, config.data.max_target_length)
 
@@ -52,7 +54,8 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     trainer = build_trainer(config, task, model, tokenizer, splits)
 
     trainer.train(resume_from_checkpoint=resume_checkpoint(config))
-    metrics = {"train": trainer.state.log_history[-1] if trainer.state.log_history else {}}
+    metrics = {"train": trainer.state.log_history[-1] if trainer.state.log_history else {},
+               "model": describe_model(model, config)}
     samples: list[dict[str, str]] = []
     for name in ("validation", "test"):
         if name in splits:
@@ -164,17 +167,39 @@ def _hub_split_exists(d: Any, split: str) -> bool:
         return False
 
 
-def build_model(config: RunConfig, task: TaskAdapter, train: data_lib.Split):
+def build_model(config: RunConfig, task: TaskAdapter, train: data_lib.Split, quantization=None):
+    from .warm_start import describe, is_warm_start, load_warm_start
+
     if config.model.model_config is not None:
         texts = task.source_texts(train.sources, config.data.source_prefix) + train.targets
         longest = max(config.data.max_source_length, config.data.max_target_length)
         tokenizer, model = build_scratch(config.model, texts, longest)
+    elif is_warm_start(config.model):
+        tokenizer, model = load_warm_start(config.model, quantization)
+        parts = describe(model, config.model)
+        logger.info("warm start: encoder %s and decoder %s are pretrained; starting random: %s", parts["encoder"],
+                    parts["decoder"], ", ".join(parts["random_init"]))
     else:
-        tokenizer, model = load_pretrained(config.model)
+        tokenizer, model = load_pretrained(config.model, quantization)
+    if config.adapter.peft:
+        model = apply_peft(model, config.adapter, bool(config.training.get("gradient_checkpointing")))
     trainable, total = count_parameters(model)
-    logger.info("model: %s, %.1fM parameters (%.1fM trainable)", model.config.model_type, total / 1e6,
-                trainable / 1e6)
+    logger.info("model: %s, %.1fM parameters, %.2fM trainable (%.2f%%)", model.config.model_type, total / 1e6,
+                trainable / 1e6, 100 * trainable / total)
     return tokenizer, model
+
+
+def describe_model(model, config: RunConfig) -> dict[str, Any]:
+    """Parameter counts, the adapter and a pair's pretrained/random parts: for metrics.json and the card."""
+    from . import adapters, warm_start
+
+    trainable, total = count_parameters(model)
+    report: dict[str, Any] = {"trainable_parameters": trainable, "total_parameters": total}
+    if config.adapter.peft:
+        report["peft"] = adapters.describe(model)
+    if warm_start.is_warm_start(config.model):
+        report["warm_start"] = warm_start.describe(model, config.model)
+    return report
 
 
 def token_lengths(splits, tokenizer, task: TaskAdapter, config: RunConfig) -> dict[str, dict[str, list[int]]]:
@@ -318,6 +343,10 @@ def save_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[st
     trainer.save_state()  # trainer_state.json: the loss curve and evaluation history
     if not trainer.is_world_process_zero():
         return
+    if config.adapter.peft:  # PeftModel.save_pretrained writes the adapter only
+        trainer.model.generation_config.save_pretrained(out)
+        if config.adapter.merge_lora:
+            save_merged(trainer.model, trainer.processing_class, out / "merged")
     # run_config.yaml records the arguments without pickle; a loader needs no training_args.bin.
     (out / "training_args.bin").unlink(missing_ok=True)
     data_stats = {name: {"origin": split.origin, "rows": len(split), "dropped": split.dropped,

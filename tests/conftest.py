@@ -8,6 +8,7 @@ path a Hub id takes. Nothing here uses hf_encdec, so the fixtures cannot hide it
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -120,3 +121,52 @@ def quick_args(pair_files, tmp_path) -> dict:
         "max_target_length": 16,
         "disable_tqdm": True,
     }
+
+
+def build_tiny_bert(directory: Path, hidden_size: int = 32) -> Path:
+    """A BERT checkpoint with its MLM head, as bert-base-uncased is published (usable as encoder or decoder)."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    torch.manual_seed(0)
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    tokenizer = BertTokenizer(vocab=vocab)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertForMaskedLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_gpt2(directory: Path) -> Path:
+    """A byte-level GPT-2 checkpoint whose tokenizer, like GPT-2's, has no pad token."""
+    import torch
+    from tokenizers import pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+
+    torch.manual_seed(0)
+    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=[])
+    config = GPT2Config(vocab_size=len(vocab), n_embd=48, n_layer=2, n_head=4, n_positions=128,
+                        bos_token_id=vocab["<|endoftext|>"], eos_token_id=vocab["<|endoftext|>"])
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_models(tmp_path_factory) -> dict[str, Path]:
+    """Encoder/decoder checkpoints for warm starts: BERT (hidden 32) and GPT-2 (hidden 48, so the pair projects)."""
+    root = tmp_path_factory.mktemp("tiny-pair-models")
+    return {"bert": build_tiny_bert(root / "bert"), "gpt2": build_tiny_gpt2(root / "gpt2")}
+
+
+@pytest.fixture(autouse=True)
+def _restore_hf_encdec_logger():
+    """A CLI run gives the hf_encdec logger its own handler and stops propagation; later caplog tests need it back."""
+    logger = logging.getLogger("hf_encdec")
+    handlers, propagate, level = logger.handlers[:], logger.propagate, logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate, logger.level = propagate, level

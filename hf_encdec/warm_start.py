@@ -1,0 +1,207 @@
+"""Warm-started EncoderDecoderModel pairs: BERT2BERT, RoBERTa2RoBERTa, BERT2GPT2 ...
+
+Two pretrained checkpoints become one seq2seq model; the decoder gains cross-attention layers,
+which start random. The special tokens are the part users keep getting wrong (transformers
+issues #8218, #4647, #14989), so they are chosen here from the tokenizers and written on both
+the model config and the generation config: a saved pair then generates with no ids passed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .errors import ModelError
+
+logger = logging.getLogger("hf_encdec.warm_start")
+
+# Added to a decoder tokenizer without a pad token (GPT-2). Padding with eos instead would
+# hide the first decoder input: EncoderDecoderModel masks every decoder input equal to pad,
+# and GPT-2's start token is its eos.
+ADDED_PAD_TOKEN = "<pad>"
+DECODER_TOKENIZER_DIR = "decoder_tokenizer"
+
+
+def is_warm_start(model_args: Any) -> bool:
+    return model_args.encoder_name_or_path is not None
+
+
+def _hub_kwargs(model_args: Any) -> dict[str, Any]:
+    return {"revision": model_args.model_revision, "token": model_args.token, "cache_dir": model_args.cache_dir,
+            "trust_remote_code": model_args.trust_remote_code}
+
+
+def load_configs(model_args: Any) -> tuple[Any, Any]:
+    """Encoder and decoder configs (no weights), checked to suit their roles: cheap enough for validation."""
+    from transformers import AutoConfig
+
+    configs = []
+    for key in ("encoder_name_or_path", "decoder_name_or_path"):
+        name = getattr(model_args, key)
+        try:
+            config = AutoConfig.from_pretrained(name, **_hub_kwargs(model_args))
+        except (OSError, ValueError) as err:
+            raise ModelError(f"cannot load {name!r}: {str(err).splitlines()[0]}", key=key,
+                             hint="check the Hub id or local path; without network only local directories work") from err
+        if getattr(config, "is_encoder_decoder", False):
+            raise ModelError(f"{name!r} is already an encoder-decoder ({config.model_type})", key=key,
+                             hint="fine-tune it with model_name_or_path instead")
+        configs.append(config)
+    return configs[0], configs[1]
+
+
+class PairTokenizer:
+    """The encoder's tokenizer for sources, the decoder's for targets and decoding.
+
+    Training code treats it as one tokenizer (`tokenizer(sources)`, `tokenizer(text_target=...)`,
+    `batch_decode`, `pad_token_id`), so a pair needs no special case downstream. Targets are
+    encoded as the decoder must learn them: without a leading start token (the model prepends
+    `decoder_start_token_id` itself) and always ending in eos, which GPT-2's tokenizer never adds.
+    Anything else is the encoder tokenizer's (language codes, `pad()` for the inputs).
+    """
+
+    def __init__(self, encoder: Any, decoder: Any, eos_token_id: int):
+        self.encoder = encoder
+        self.decoder = decoder
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, text=None, text_target=None, **kwargs):
+        if text_target is None:
+            return self.encoder(text, **kwargs)
+        return self.encode_targets(text_target, **kwargs)
+
+    def encode_targets(self, texts: list[str], max_length: int | None = None, truncation: bool = False,
+                       padding: bool | str = False):
+        limit = {"max_length": max_length - 1, "truncation": True} if truncation and max_length else {}
+        ids = [row + [self.eos_token_id] for row in
+               self.decoder(texts, add_special_tokens=False, **limit)["input_ids"]]
+        return self.decoder.pad({"input_ids": ids}, padding=padding, max_length=max_length,
+                                return_attention_mask=False)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.decoder.pad_token_id
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return self.decoder.all_special_ids
+
+    def decode(self, *args, **kwargs) -> str:
+        return self.decoder.decode(*args, **kwargs)
+
+    def batch_decode(self, *args, **kwargs) -> list[str]:
+        return self.decoder.batch_decode(*args, **kwargs)
+
+    def save_pretrained(self, directory, **kwargs):
+        """The encoder's tokenizer at the top (it reads the inputs), the decoder's in a subfolder."""
+        from pathlib import Path
+
+        saved = self.encoder.save_pretrained(directory, **kwargs)
+        return saved + self.decoder.save_pretrained(Path(directory) / DECODER_TOKENIZER_DIR, **kwargs)
+
+    def __getattr__(self, name: str):
+        # Only called for names the pair lacks; while unpickling (multiprocess tokenization)
+        # `encoder` itself is missing and must not recurse.
+        if name in ("encoder", "decoder") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.encoder, name)
+
+
+def load_warm_start(model_args: Any, quantization_config: Any = None):
+    """A PairTokenizer and an EncoderDecoderModel with its special tokens wired."""
+    from transformers import AutoTokenizer, EncoderDecoderModel
+
+    load_configs(model_args)
+    hub = _hub_kwargs(model_args)
+    encoder_tokenizer = _tokenizer(model_args.tokenizer_name or model_args.encoder_name_or_path, "encoder_name_or_path",
+                                   model_args, AutoTokenizer)
+    if encoder_tokenizer.pad_token is None:
+        raise ModelError(f"the encoder tokenizer {model_args.encoder_name_or_path!r} has no pad token",
+                         key="encoder_name_or_path", hint="use an encoder whose tokenizer defines pad_token")
+    decoder_tokenizer = _tokenizer(model_args.decoder_name_or_path, "decoder_name_or_path", model_args, AutoTokenizer)
+    kwargs = {f"{part}_{key}": value for part in ("encoder", "decoder") for key, value in hub.items()}
+    kwargs.update(encoder_use_safetensors=True, decoder_use_safetensors=True)
+    if quantization_config is not None:
+        kwargs.update(encoder_quantization_config=quantization_config, decoder_quantization_config=quantization_config)
+    try:
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+            model_args.encoder_name_or_path, model_args.decoder_name_or_path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot pair {model_args.encoder_name_or_path!r} with {model_args.decoder_name_or_path!r}: "
+                         f"{str(err).splitlines()[0]}", key="decoder_name_or_path",
+                         hint="the decoder must support cross-attention (BERT, RoBERTa, GPT-2 ...) and both "
+                              "checkpoints need safetensors weights") from err
+    if decoder_tokenizer.pad_token is None:
+        decoder_tokenizer.add_special_tokens({"pad_token": ADDED_PAD_TOKEN})
+        model.decoder.resize_token_embeddings(len(decoder_tokenizer))
+        logger.info("the decoder tokenizer has no pad token: added %s and resized the decoder embeddings to %d",
+                    ADDED_PAD_TOKEN, len(decoder_tokenizer))
+    ids = special_token_ids(decoder_tokenizer)
+    wire_special_tokens(model, ids)
+    return PairTokenizer(encoder_tokenizer, decoder_tokenizer, ids["eos_token_id"]), model
+
+
+def _tokenizer(name: str, key: str, model_args: Any, auto_tokenizer: Any):
+    try:
+        return auto_tokenizer.from_pretrained(name, use_fast=model_args.use_fast_tokenizer, **_hub_kwargs(model_args))
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load the tokenizer of {name!r}: {str(err).splitlines()[0]}", key=key) from err
+
+
+def special_token_ids(tokenizer: Any) -> dict[str, int]:
+    """Start, end and pad ids of a decoder, from its tokenizer.
+
+    BERT-style tokenizers have no bos/eos: a sequence is [CLS] ... [SEP], so [CLS] starts
+    decoding and [SEP] ends it. GPT-2 has no [CLS]: bos starts and eos ends.
+    """
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if start is None or eos is None:
+        raise ModelError("the decoder tokenizer defines no start token ([CLS] or bos) or no end token ([SEP] or eos)",
+                         key="decoder_name_or_path", hint="use a decoder whose tokenizer defines them")
+    return {"decoder_start_token_id": start, "bos_token_id": start, "eos_token_id": eos,
+            "pad_token_id": tokenizer.pad_token_id}
+
+
+def wire_special_tokens(model: Any, ids: dict[str, int]) -> None:
+    """The model config needs them for the loss (labels shift right); generate() reads only generation_config."""
+    for key in ("decoder_start_token_id", "pad_token_id"):
+        setattr(model.config, key, ids[key])
+    model.config.vocab_size = model.config.decoder.vocab_size
+    for key, value in ids.items():
+        setattr(model.generation_config, key, value)
+
+
+def random_parts(model: Any) -> list[str]:
+    """Module name patterns that did not come from a checkpoint: the decoder's cross-attention and the projection.
+
+    `from_encoder_decoder_pretrained` adds cross-attention to the decoder (`crossattention`,
+    GPT-2's `ln_cross_attn` too) and `enc_to_dec_proj` when the hidden sizes differ.
+    """
+    import re
+
+    patterns = []
+    for name, _ in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "enc_to_dec_proj" or (name.startswith("decoder.") and "cross" in leaf):
+            pattern = re.sub(r"\.\d+\.", ".*.", name)
+            if pattern not in patterns:
+                patterns.append(pattern)
+    return patterns
+
+
+def describe(model: Any, model_args: Any) -> dict[str, Any]:
+    """Which parts of the pair are pretrained and which start random: for the log, metrics.json and the card."""
+    return {"encoder": model_args.encoder_name_or_path, "decoder": model_args.decoder_name_or_path,
+            "random_init": random_parts(model)}
+
+
+def load_tokenizers(directory: str) -> tuple[Any, Any]:
+    """Input and output tokenizers of a saved run: the same one unless it is a pair with a decoder tokenizer."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    decoder_dir = Path(directory) / DECODER_TOKENIZER_DIR
+    return tokenizer, AutoTokenizer.from_pretrained(decoder_dir) if decoder_dir.is_dir() else tokenizer
