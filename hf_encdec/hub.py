@@ -1,12 +1,28 @@
-"""The model card: what was trained, on what, how well, and how to use it with transformers 5."""
+"""The model card, and pushing a run to the Hub.
+
+The card says what was trained, on what, how well, and how to use it with transformers 5.
+Pushing goes through huggingface_hub (`whoami`, `create_repo`, `upload_folder`) with hf-encdec's
+own checks around it: the token and the repo are checked before training starts, and a failed
+push after training keeps the local model and says how to retry.
+"""
 
 from __future__ import annotations
 
+import glob
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TRAINING_DEFAULTS, RunConfig
-from .tasks import TaskAdapter
+from .config import TRAINING_DEFAULTS, RunConfig, read_saved_config
+from .errors import ConfigError, HubError, ModelError
+from .tasks import TaskAdapter, get_task
+
+logger = logging.getLogger("hf_encdec.hub")
 
 HYPERPARAMETERS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
                    "max_steps", "warmup_steps", "weight_decay", "lr_scheduler_type", "label_smoothing_factor",
@@ -22,32 +38,83 @@ outputs = model.generate(**inputs)  # decoding settings come from generation_con
 print(tokenizer.batch_decode(outputs, skip_special_tokens=True))
 ```'''
 
+ADAPTER_USAGE = '''```python
+from peft import PeftModel
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
-def write_model_card(output_dir: Path, config: RunConfig, task: TaskAdapter, metrics: dict[str, Any]) -> None:
+tokenizer = AutoTokenizer.from_pretrained("{path}")
+model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained("{base}"), "{path}")
+inputs = tokenizer(["{prefix}your text here"], return_tensors="pt", padding=True)
+outputs = model.generate(**inputs, generation_config=GenerationConfig.from_pretrained("{path}"))
+print(tokenizer.batch_decode(outputs, skip_special_tokens=True))
+```'''
+
+FILE_USAGE = ("To translate or rewrite a whole file with token-budget batching and the named decoding presets: "
+              "`hf-encdec generate --model {path} --input inputs.txt --output outputs.txt`.")
+
+ADAPTER_CONFIG = "adapter_config.json"
+# Metrics that describe the run rather than the model's quality stay out of the model-index.
+NOT_SCORES = ("runtime", "per_second", "gen_len", "loss")
+
+
+def write_model_card(output_dir: Path, config: RunConfig, task: TaskAdapter, metrics: dict[str, Any],
+                     repo_id: str | None = None) -> None:
+    """README.md in output_dir; with `repo_id` the title and usage name the Hub repo instead of the folder."""
     from huggingface_hub import ModelCard, ModelCardData
 
     d, m = config.data, config.model
+    adapter = (output_dir / ADAPTER_CONFIG).exists()
+    path = repo_id or str(output_dir)
+    name = path.rsplit("/", 1)[-1] if repo_id else output_dir.name
     languages = [lang for lang in (d.source_lang, d.target_lang, d.lang) if lang]
+    scores = _eval_results(metrics, task, d)
     card_data = ModelCardData(
-        base_model=m.model_name_or_path,
-        datasets=[d.dataset_name] if d.dataset_name else None,
+        base_model=_hub_id(m.model_name_or_path),
+        datasets=[d.dataset_name] if _hub_id(d.dataset_name) else None,
         language=languages or None,
-        library_name="transformers",
+        license=config.run.license,
+        library_name="peft" if adapter else "transformers",
         pipeline_tag=task.pipeline_tag,
-        tags=["hf-encdec", task.name, "text2text-generation"],
+        tags=["hf-encdec", task.name, "text2text-generation", *(["lora"] if adapter else [])],
+        model_name=name if scores else None,
+        eval_results=scores or None,
     )
     origin = f"fine-tuned from `{m.model_name_or_path}`" if m.model_name_or_path else (
         f"trained from scratch ({m.model_config.get('architecture')} architecture, "
         f"tokenizer trained on the training data)")
+    usage = ADAPTER_USAGE if adapter else USAGE
     sections = [
         f"---\n{card_data.to_yaml()}\n---",
-        f"# {output_dir.name}\n\nA {task.name} model {origin} with hf-encdec.",
+        f"# {name}\n\nA {task.name} {'LoRA adapter' if adapter else 'model'} {origin} with hf-encdec.",
         "## Data\n\n" + _data_table(metrics.get("data", {})),
         "## Results\n\n" + _results_table(metrics),
         "## Training hyperparameters\n\n" + _hyperparameter_table(config),
-        "## Usage\n\n" + USAGE.format(path=output_dir, prefix=d.source_prefix or ""),
+        "## Usage\n\n" + usage.format(path=path, base=m.model_name_or_path, prefix=d.source_prefix or "")
+        + "\n\n" + FILE_USAGE.format(path=path),
     ]
     ModelCard("\n\n".join(sections) + "\n").save(output_dir / "README.md")
+
+
+def _hub_id(name: str | None) -> str | None:
+    """A Hub id, or None for a local path (the card's metadata may only name Hub repos)."""
+    if not name or name.startswith(("/", ".", "~")) or Path(name).exists():
+        return None
+    return name
+
+
+def _eval_results(metrics: dict[str, Any], task: TaskAdapter, d: Any) -> list:
+    """The scores as model-index entries, so the Hub shows them and `ModelCard.load` returns them."""
+    from huggingface_hub import EvalResult
+
+    dataset = _hub_id(d.dataset_name) or "custom"
+    results = []
+    for split in ("validation", "test"):
+        for key, value in metrics.get(split, {}).items():
+            if isinstance(value, (int, float)) and not key.endswith(NOT_SCORES):
+                results.append(EvalResult(task_type=task.pipeline_tag, dataset_type=dataset, dataset_name=dataset,
+                                          dataset_split=split, metric_type=key, metric_name=key,
+                                          metric_value=round(value, 4)))
+    return results
 
 
 def _data_table(data: dict[str, Any]) -> str:
@@ -80,3 +147,224 @@ def _hyperparameter_table(config: RunConfig) -> str:
     for key in ("max_source_length", "max_target_length", "source_prefix"):
         rows.append(f"| {key} | {getattr(config.data, key)} |")
     return "\n".join(rows)
+
+
+# What a push uploads from a run's folder (top level): the model or adapter, tokenizer(s), generation
+# config, the run's config and metrics, the card. predictions.jsonl stays local: it holds the test set.
+PUSHED_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", ADAPTER_CONFIG, "generation_config.json",
+                "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.model",
+                "*.spm", "chat_template.jinja", "run_config.yaml", "metrics.json", "README.md")
+PUSHED_FOLDERS = ("presets",)  # every named decoding preset
+# Checkpoint files a resumed run needs, pushed for hub_strategy checkpoint / all_checkpoints.
+CHECKPOINT_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt", "trainer_state.json")
+
+
+@dataclass
+class HubTarget:
+    """Where a run goes: checked once (token, namespace), then used for every push of the run."""
+
+    repo_id: str
+    token: str = field(repr=False)  # so that logging a target never shows it
+    private: bool | None = None
+    revision: str | None = None
+
+
+def check_access(repo_id: str, *, token: str | None = None, private: bool | None = None,
+                 revision: str | None = None, repo_key: str = "repo_id") -> HubTarget:
+    """The token is valid, may write, and `repo_id` is in its user's or an organization's namespace.
+
+    Runs before training, so a typo in the repo id or an expired token costs seconds, not a training run.
+    A repo id without an owner goes to the token's user, as with the Trainer.
+    """
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    token, source = (token, "the given token (hub_token or token)") if token else (get_token(), _token_source())
+    if not token:
+        raise HubError("no Hub token to push with",
+                       hint="set HF_TOKEN to a token with write access, or run `hf auth login`")
+    api = HfApi(token=token)
+    with hub_errors(f"checking the token from {source}"):
+        me = api.whoami()
+    owner, _, name = repo_id.rpartition("/")
+    full_id = f"{owner or me['name']}/{name}"
+    try:
+        validate_repo_id(full_id)
+    except HFValidationError as err:
+        raise ConfigError(f"invalid repo id {repo_id!r}: {err}", key=repo_key) from None
+    namespaces = [me["name"], *(org["name"] for org in me.get("orgs", []))]
+    if full_id.split("/")[0] not in namespaces:
+        raise HubError(f"repo {full_id} is not in your namespace: the token from {source} belongs to "
+                       f"{me['name']!r}", key=repo_key,
+                       hint=f"push to one of {', '.join(f'{n}/{name}' for n in namespaces)}")
+    if me.get("auth", {}).get("accessToken", {}).get("role") == "read":
+        raise HubError(f"the token from {source} is read-only", hint="use a token with write access")
+    with hub_errors(f"looking up {full_id}"):
+        exists = api.repo_exists(full_id)
+    logger.info("hub: will push to %s (%s, as %s)", full_id, "existing repo" if exists else "new repo", me["name"])
+    return HubTarget(full_id, token, private, revision)
+
+
+def _token_source() -> str:
+    # Which of huggingface_hub's places the token came from, for error messages; never the token itself.
+    return "HF_TOKEN" if os.environ.get("HF_TOKEN") else "the saved login (hf auth login)"
+
+
+def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None, revision: str | None = None,
+         commit_message: str | None = None, merge_lora: bool = False, token: str | None = None) -> str:
+    """Upload a finished run folder to the Hub; returns the commit URL."""
+    folder = Path(model_dir)
+    _check_run_folder(folder)
+    if merge_lora and not (folder / ADAPTER_CONFIG).exists():
+        raise ConfigError("--merge_lora needs a LoRA run: this folder holds a full model (no adapter_config.json)",
+                          key="merge_lora", path=str(folder), hint="push it without --merge_lora")
+    target = check_access(repo_id, token=token, private=private, revision=revision)
+    return upload_run(folder, target, commit_message=commit_message, merge_lora=merge_lora)
+
+
+def _check_run_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise ModelError("model folder not found", path=str(folder), hint="give the output_dir of a finished run")
+    if not any(folder.glob("*.safetensors")):
+        raise ModelError("no model weights (*.safetensors) in this folder", path=str(folder),
+                         hint="give the output_dir of a finished run")
+
+
+def upload_run(folder: Path, target: HubTarget, *, commit_message: str | None = None,
+               merge_lora: bool = False) -> str:
+    """create_repo + upload_folder of the run's files, with a card naming the repo."""
+    from huggingface_hub import HfApi
+
+    with tempfile.TemporaryDirectory(prefix="hf-encdec-merged-") as scratch:
+        source = merge_adapter(folder, Path(scratch)) if merge_lora else folder
+        refresh_card(source, target.repo_id)
+        api = HfApi(token=target.token)
+        with hub_errors(f"pushing to {target.repo_id}"):
+            api.create_repo(target.repo_id, private=target.private, exist_ok=True)
+            if target.revision:
+                api.create_branch(target.repo_id, branch=target.revision, exist_ok=True)
+            info = api.upload_folder(repo_id=target.repo_id, folder_path=source, revision=target.revision,
+                                     allow_patterns=[glob.escape(p) for p in files_to_push(source)],
+                                     commit_message=commit_message or f"Upload {folder.name} with hf-encdec")
+    return info.commit_url
+
+
+def files_to_push(folder: Path) -> list[str]:
+    """Relative paths of the run's files that a push uploads (see PUSHED_FILES)."""
+    top = [p for p in folder.iterdir() if p.is_file() and any(p.match(pattern) for pattern in PUSHED_FILES)]
+    nested = [p for name in PUSHED_FOLDERS if (folder / name).is_dir() for p in (folder / name).rglob("*")
+              if p.is_file()]
+    return sorted(p.relative_to(folder).as_posix() for p in top + nested)
+
+
+def merge_adapter(folder: Path, target: Path) -> Path:
+    """The run's LoRA adapter merged into its base model, as a plain transformers folder in `target`."""
+    from peft import AutoPeftModelForSeq2SeqLM
+
+    merged = AutoPeftModelForSeq2SeqLM.from_pretrained(str(folder)).merge_and_unload()
+    merged.save_pretrained(target)
+    for path in files_to_push(folder):
+        if not (target / path).exists() and not path.startswith("adapter_"):
+            (target / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(folder / path, target / path)
+    return target
+
+
+def refresh_card(folder: Path, repo_id: str) -> None:
+    """Rewrite an hf-encdec run's card so its title and usage name the Hub repo."""
+    saved = folder / "run_config.yaml"
+    if not saved.exists():
+        return  # not an hf-encdec run: its own README.md (if any) is pushed as it is
+    import json
+
+    config = read_saved_config(saved)
+    metrics_file = folder / "metrics.json"
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
+    write_model_card(folder, config, get_task(config.data.task), metrics, repo_id=repo_id)
+
+
+HTTP_REASONS = {
+    401: ("the Hub rejected the token (401)", "set HF_TOKEN to a valid token, or run `hf auth login --force`"),
+    403: ("the token may not write there (403)", "use a token with write access to this namespace"),
+}
+
+
+@contextmanager
+def hub_errors(action: str):
+    """The Hub client's exceptions as one-line HubErrors (its messages carry URLs, never the token)."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, HTTPError, RepositoryNotFoundError
+
+    try:
+        yield
+    except RepositoryNotFoundError:
+        raise HubError(f"{action}: repository not found or not visible to this token") from None
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        reason, hint = HTTP_REASONS.get(status, (f"the Hub answered {status}", None))
+        detail = f": {err.server_message.strip()}" if err.server_message else ""
+        raise HubError(f"{action}: {reason}{detail}", hint=hint) from None
+    except (HTTPError, OSError) as err:
+        raise HubError(f"{action}: cannot reach the Hub at {constants.ENDPOINT} ({type(err).__name__}: {err})",
+                       hint="check the network, or HF_ENDPOINT") from None
+
+
+def check_push_access(config: RunConfig) -> HubTarget:
+    """`push_to_hub: true`: the target of hub_model_id (default: the output folder's name), checked now."""
+    t = config.training
+    return check_access(t.get("hub_model_id") or config.output_dir.name, token=t.get("hub_token") or config.model.token,
+                        private=t.get("hub_private_repo"), revision=t.get("hub_revision"), repo_key="hub_model_id")
+
+
+def push_after_training(output_dir: Path, target: HubTarget) -> str | None:
+    """The final push, from the main process, after everything is saved locally."""
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return None
+    try:
+        return upload_run(output_dir, target, commit_message=f"Training finished: {output_dir.name}")
+    except HubError as err:
+        raise HubError(f"{err.message}; the model is saved in {output_dir}",
+                       hint=f"retry with `hf-encdec push --model {output_dir} --repo_id {target.repo_id}`") from None
+
+
+def follow_checkpoints(trainer: Any, target: HubTarget, strategy: str) -> None:
+    """Checkpoint pushes, as the Trainer's hub_strategy means them (it does not push itself: see config.py).
+
+    every_save: the model of each saved checkpoint goes to the repo root; checkpoint: also the newest
+    checkpoint with its optimizer state, in last-checkpoint/ (resume elsewhere); all_checkpoints: every
+    checkpoint in checkpoint-N/. end (the default): only the final push.
+    """
+    from transformers import TrainerCallback
+
+    class CheckpointPusher(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                _push_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}", target, strategy)
+
+    if strategy != "end":
+        trainer.add_callback(CheckpointPusher())
+
+
+def _push_checkpoint(checkpoint: Path, target: HubTarget, strategy: str) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=target.token)
+    message = f"Training in progress, {checkpoint.name}"
+    model_files = [glob.escape(p) for p in files_to_push(checkpoint)]
+    try:
+        with hub_errors(f"pushing {checkpoint.name} to {target.repo_id}"):
+            api.create_repo(target.repo_id, private=target.private, exist_ok=True)
+            if target.revision:
+                api.create_branch(target.repo_id, branch=target.revision, exist_ok=True)
+            api.upload_folder(repo_id=target.repo_id, folder_path=checkpoint, revision=target.revision,
+                              allow_patterns=model_files, commit_message=message)
+            if strategy in ("checkpoint", "all_checkpoints"):
+                folder = "last-checkpoint" if strategy == "checkpoint" else checkpoint.name
+                api.upload_folder(repo_id=target.repo_id, folder_path=checkpoint, path_in_repo=folder,
+                                  revision=target.revision, allow_patterns=model_files + list(CHECKPOINT_STATE),
+                                  delete_patterns="*", commit_message=f"{message}, full checkpoint")
+    except HubError as err:
+        # Training goes on: the final push after training is tried (and reported) regardless.
+        logger.warning("hub: %s", err.one_line())

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data as data_lib
+from . import hub
 from .config import RunConfig, load_config
 from .errors import ConfigError
 from .modeling import build_scratch, check_lengths, check_precision, count_parameters, load_pretrained, model_type_of
@@ -28,6 +29,7 @@ class TrainResult:
     output_dir: Path
     metrics: dict[str, Any]
     samples: list[dict[str, str]]
+    hub_url: str | None = None
 
 
 def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
@@ -37,6 +39,7 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     model_type = model_type_of(config.model)
     check_precision(model_type, config.training)
     check_output_dir(config)
+    hub_target = hub.check_push_access(config) if config.training.get("push_to_hub") else None
     choose_precision(config, model_type)
 
     splits = load_splits(config, task)
@@ -50,6 +53,8 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
         splits, lengths["source"], lengths["target"], config.data.max_source_length, config.data.max_target_length))
     set_generation_defaults(model, config, lengths["target"], generation_settings)
     trainer = build_trainer(config, task, model, tokenizer, splits)
+    if hub_target:
+        hub.follow_checkpoints(trainer, hub_target, str(config.training.get("hub_strategy", "end")))
 
     trainer.train(resume_from_checkpoint=resume_checkpoint(config))
     metrics = {"train": trainer.state.log_history[-1] if trainer.state.log_history else {}}
@@ -58,7 +63,8 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
         if name in splits:
             metrics[name], samples = predict_split(trainer, config, task, splits[name])
     save_outputs(trainer, config, task, metrics, splits, lengths)
-    return TrainResult(config.output_dir, metrics, samples[: config.run.num_sample_predictions])
+    hub_url = hub.push_after_training(config.output_dir, hub_target) if hub_target else None
+    return TrainResult(config.output_dir, metrics, samples[: config.run.num_sample_predictions], hub_url)
 
 
 def as_config(config: RunConfig | dict[str, Any] | str) -> RunConfig:
