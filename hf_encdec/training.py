@@ -316,7 +316,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def save_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[str, Any], splits, lengths) -> None:
     """Model, tokenizer, generation config, run config, card; metrics.json last, as the finished marker."""
-    from .hub import write_model_card
+    from .card import write_model_card
     from .metrics import metric_signatures
 
     out = config.output_dir

@@ -89,7 +89,11 @@ def test_cli_push_private_repo_on_a_branch_and_push_again(hub, finished_run, cap
     from huggingface_hub import model_info
     from huggingface_hub.errors import RepositoryNotFoundError
 
+    from transformers import GenerationConfig
+
     monkeypatch.setenv("HF_TOKEN", ALICE)
+    (finished_run / "presets").mkdir(exist_ok=True)
+    GenerationConfig(num_beams=3, max_length=9).save_pretrained(finished_run, config_file_name="presets/beam.json")
     code, out, err = run_cli(capsys, "push", "--model", str(finished_run), "--repo_id", "team/bart-run", "--private",
                              "--revision", "dev", "--commit_message", "first version")
     assert code == 0, err
@@ -99,6 +103,9 @@ def test_cli_push_private_repo_on_a_branch_and_push_again(hub, finished_run, cap
     assert "model.safetensors" in hub.state.files("team/bart-run", "dev")
     assert "model.safetensors" not in hub.state.files("team/bart-run", "main")
     assert hub.state.commits("team/bart-run", "dev")[-1] == "first version"
+    assert GenerationConfig.from_pretrained("team/bart-run", "presets/beam.json", revision="dev",
+                                            token=ALICE).num_beams == 3
+    assert "`beam`" in hub.state.files("team/bart-run", "dev")["README.md"].decode()
 
     assert yaml.safe_load(hub.state.files("team/bart-run", "dev")["README.md"].decode().split("---")[1])[
         "license"] == "mit"
