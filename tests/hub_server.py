@@ -14,8 +14,8 @@ It implements the part of the Hub API that pushing and loading a model use, on 1
     HEAD|GET /{repo}/resolve/{rev}/{path}                 file download, with X-Repo-Commit and ETag
 
 Repos live in memory: each branch is a list of commits, each commit a full snapshot {path: bytes}.
-Private repos are invisible (401 RepoNotFound, like the Hub) to anyone outside the owner's namespaces.
-Every request is recorded in `HubServer.requests` so tests can see what the client did.
+Private repos are invisible (RepoNotFound, like the Hub) to anyone outside the owner's namespaces.
+Every request is recorded in `HubServer.state.requests` so tests can see what the client sent.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = unquote(url.path), parse_qs(url.query)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        self.state.requests.append({"method": method, "path": path, "headers": dict(self.headers)})
+        self.state.requests.append({"method": method, "path": path, "headers": {k.lower(): v for k, v in self.headers.items()}})
         try:
             with self.state.lock:
                 for route_method, pattern, name in ROUTES:

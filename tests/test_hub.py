@@ -184,6 +184,7 @@ def test_planted_token_never_leaves_the_process(hub, tiny_models, quick_args, ca
                                  "--push_to_hub", "true", "--hub_model_id", "carol/secret-run",
                                  "--hub_strategy", "checkpoint", "--hub_token", planted)
     assert code == 0, err
+    assert any(r["headers"].get("authorization") == f"Bearer {planted}" for r in hub.state.requests)  # hub_token used
     files = hub.state.files("carol/secret-run")
     assert "last-checkpoint/optimizer.pt" in files and "last-checkpoint/model.safetensors" in files
     assert "checkpoint-2/optimizer.pt" not in files
