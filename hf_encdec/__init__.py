@@ -1,7 +1,8 @@
 """hf-encdec: fine-tune Hugging Face encoder-decoder models with one command.
 
 The public API mirrors the CLI: `train(config)` takes a RunConfig, a dict of flat keys, or a
-recipe path; `push(model_dir, repo_id)` uploads a finished run to the Hub. Heavy libraries load on first use, so `import hf_encdec` stays cheap.
+recipe path; `push(model_dir, repo_id)` uploads a finished run to the Hub. Heavy libraries load on
+first use, so `import hf_encdec` stays cheap.
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ class HubState:
         self.repos: dict[str, Repo] = {}
         self.requests: list[dict] = []
         self.rejected_commits: set[str] = set()  # repo ids whose commits fail, to test a failed push
+        self.unreachable = False  # drop every connection unanswered, like a network failure
         self.lock = threading.Lock()
 
     def add_user(self, token: str, name: str, orgs: list[str] | None = None, role: str = "write") -> None:
@@ -136,7 +137,11 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = unquote(url.path), parse_qs(url.query)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        self.state.requests.append({"method": method, "path": path, "headers": {k.lower(): v for k, v in self.headers.items()}})
+        received = {key.lower(): value for key, value in self.headers.items()}
+        self.state.requests.append({"method": method, "path": path, "headers": received})
+        if self.state.unreachable:
+            self.close_connection = True
+            return
         try:
             with self.state.lock:
                 for route_method, pattern, name in ROUTES:
@@ -210,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
             # The Hub names the existing repo, and the client reads that url with exist_ok=True.
             raise HTTPError(409, "You already created this model repo", url=f"{self._base()}/{repo_id}")
         repo = Repo(repo_id, private=request.get("visibility") == "private")
-        repo.commit("main", "initial commit", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"})
+        repo.commit("main", "initial commit", {".gitattributes": b"*.safetensors filter=lfs -text\n"})
         self.state.repos[repo_id] = repo
         return _json({"url": f"{self._base()}/{repo_id}", "name": repo_id})
 

@@ -88,7 +88,6 @@ def test_push_at_the_end_of_training_loads_with_vanilla_transformers(hub, tiny_m
 def test_cli_push_private_repo_on_a_branch_and_push_again(hub, finished_run, capsys, monkeypatch):
     from huggingface_hub import model_info
     from huggingface_hub.errors import RepositoryNotFoundError
-
     from transformers import GenerationConfig
 
     monkeypatch.setenv("HF_TOKEN", ALICE)
@@ -136,6 +135,13 @@ def test_push_refusals_are_one_line(hub, finished_run, capsys, monkeypatch, toke
     line = one_error_line(code, err)
     assert all(fragment in line for fragment in fragments), line
     assert "bob/x" not in hub.state.repos and "alice/x" not in hub.state.repos
+
+
+def test_unreachable_hub_is_one_line(hub, finished_run, capsys, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    monkeypatch.setattr(hub.state, "unreachable", True)
+    line = one_error_line(*run_cli(capsys, "push", "--model", str(finished_run), "--repo_id", "alice/x")[::2])
+    assert f"cannot reach the Hub at {hub.url}" in line
 
 
 def test_push_of_a_folder_without_a_model_or_adapter_is_refused(hub, finished_run, tmp_path, capsys, monkeypatch):
