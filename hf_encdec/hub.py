@@ -115,13 +115,18 @@ def upload_run(folder: Path, target: HubTarget, *, commit_message: str | None = 
         refresh_model_card(source, target.repo_id)
         api = HfApi(token=target.token)
         with hub_errors(f"pushing to {target.repo_id}"):
-            api.create_repo(target.repo_id, private=target.private, exist_ok=True)
-            if target.revision:
-                api.create_branch(target.repo_id, branch=target.revision, exist_ok=True)
+            _prepare_repo(api, target)
             info = api.upload_folder(repo_id=target.repo_id, folder_path=source, revision=target.revision,
                                      allow_patterns=[glob.escape(p) for p in files_to_push(source)],
                                      commit_message=commit_message or f"Upload {folder.name} with hf-encdec")
     return info.commit_url
+
+
+def _prepare_repo(api: Any, target: HubTarget) -> None:
+    """The repo (and branch) exist afterwards; an existing repo keeps its visibility."""
+    api.create_repo(target.repo_id, private=target.private, exist_ok=True)
+    if target.revision:
+        api.create_branch(target.repo_id, branch=target.revision, exist_ok=True)
 
 
 def files_to_push(folder: Path) -> list[str]:
@@ -138,8 +143,11 @@ def merge_adapter(folder: Path, target: Path) -> Path:
 
     merged = AutoPeftModelForSeq2SeqLM.from_pretrained(str(folder)).merge_and_unload()
     merged.save_pretrained(target)
+    # The weights and config.json come from the merge; the rest (tokenizer, the run's generation config
+    # and presets, run_config.yaml, metrics.json, the card) from the run.
+    from_merge = {p.name for p in target.iterdir()} - {"generation_config.json"}
     for path in files_to_push(folder):
-        if not (target / path).exists() and not path.startswith("adapter_"):
+        if path not in from_merge and not path.startswith("adapter_"):
             (target / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(folder / path, target / path)
     return target
@@ -166,7 +174,7 @@ def hub_errors(action: str):
         reason, hint = HTTP_REASONS.get(status, (f"the Hub answered {status}", None))
         detail = f": {err.server_message.strip()}" if err.server_message else ""
         raise HubError(f"{action}: {reason}{detail}", hint=hint) from None
-    except (HTTPError, OSError) as err:
+    except HTTPError as err:  # the transport's errors: refused, reset, timed out
         raise HubError(f"{action}: cannot reach the Hub at {constants.ENDPOINT} ({type(err).__name__}: {err})",
                        hint="check the network, or HF_ENDPOINT") from None
 
@@ -217,9 +225,7 @@ def _push_checkpoint(checkpoint: Path, target: HubTarget, strategy: str) -> None
     model_files = [glob.escape(p) for p in files_to_push(checkpoint)]
     try:
         with hub_errors(f"pushing {checkpoint.name} to {target.repo_id}"):
-            api.create_repo(target.repo_id, private=target.private, exist_ok=True)
-            if target.revision:
-                api.create_branch(target.repo_id, branch=target.revision, exist_ok=True)
+            _prepare_repo(api, target)
             api.upload_folder(repo_id=target.repo_id, folder_path=checkpoint, revision=target.revision,
                               allow_patterns=model_files, commit_message=message)
             if strategy in ("checkpoint", "all_checkpoints"):

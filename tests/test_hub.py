@@ -210,7 +210,7 @@ def test_lora_adapter_pushes_with_its_base_and_merges_on_request(hub, tiny_model
     import torch
     from huggingface_hub import ModelCard
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
     hf_encdec.push(tiny_models["t5"], "alice/tiny-t5", token=ALICE)
     torch.manual_seed(0)
@@ -220,6 +220,7 @@ def test_lora_adapter_pushes_with_its_base_and_merges_on_request(hub, tiny_model
     adapted.save_pretrained(run)
     tokenizer = AutoTokenizer.from_pretrained("alice/tiny-t5")
     tokenizer.save_pretrained(run)
+    base.generation_config.max_length = 7  # the run's own decoding length, which pushes must keep
     base.generation_config.save_pretrained(run)
     hf_encdec.RunConfig.from_dict({"model_name_or_path": "alice/tiny-t5", "train_file": "train.jsonl",
                                    "output_dir": str(run)}).save(run / "run_config.yaml")
@@ -232,10 +233,12 @@ def test_lora_adapter_pushes_with_its_base_and_merges_on_request(hub, tiny_model
     assert card.data.base_model == "alice/tiny-t5" and card.data.library_name == "peft"
     assert "PeftModel.from_pretrained" in card.text
     loaded = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained("alice/tiny-t5"), "alice/tiny-lora")
-    assert outputs_of(loaded.eval(), AutoTokenizer.from_pretrained("alice/tiny-lora")) == expected
+    generation = GenerationConfig.from_pretrained("alice/tiny-lora")  # as the card's usage does
+    assert outputs_of(loaded.eval(), AutoTokenizer.from_pretrained("alice/tiny-lora"), generation) == expected
 
     hf_encdec.push(run, "alice/tiny-merged", token=ALICE, merge_lora=True)
     merged_files = set(hub.state.files("alice/tiny-merged"))
     assert "model.safetensors" in merged_files and "adapter_config.json" not in merged_files
     assert ModelCard.load("alice/tiny-merged").data.library_name == "transformers"
+    assert GenerationConfig.from_pretrained("alice/tiny-merged").max_length == 7
     assert vanilla_outputs("alice/tiny-merged") == expected
