@@ -206,6 +206,25 @@ def test_planted_token_never_leaves_the_process(hub, tiny_models, quick_args, ca
     assert "hub_token" not in yaml.safe_load(files["run_config.yaml"])
 
 
+@pytest.mark.parametrize(("strategy", "kept", "left_out"), [
+    ("every_save", [], ["last-checkpoint/optimizer.pt", "checkpoint-2/optimizer.pt"]),
+    ("all_checkpoints", ["checkpoint-2/optimizer.pt", "checkpoint-4/optimizer.pt"], ["last-checkpoint/optimizer.pt"]),
+])
+def test_hub_strategy_decides_which_checkpoints_are_pushed(hub, tiny_models, quick_args, monkeypatch, strategy,
+                                                           kept, left_out):
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    repo_id = f"alice/strategy-{strategy.replace('_', '-')}"
+    hf_encdec.train({**quick_args, "model_name_or_path": str(tiny_models["marian"]), "save_strategy": "steps",
+                     "save_steps": 2, "test_file": None, "push_to_hub": True, "hub_model_id": repo_id,
+                     "hub_strategy": strategy})
+    commits = hub.state.commits(repo_id)
+    assert [c for c in commits if c.startswith("Training in progress")][:1] == ["Training in progress, checkpoint-2"]
+    assert commits[-1].startswith("Training finished")
+    files = hub.state.files(repo_id)
+    assert all(path in files for path in kept) and not any(path in files for path in left_out)
+    assert "model.safetensors" in files
+
+
 def test_lora_adapter_pushes_with_its_base_and_merges_on_request(hub, tiny_models, tmp_path):
     import torch
     from huggingface_hub import ModelCard
