@@ -1,24 +1,36 @@
 """hf-encdec: fine-tune Hugging Face encoder-decoder models with one command.
 
 The public API mirrors the CLI: `train(config)` takes a RunConfig, a dict of flat keys, or a
-recipe path. Heavy libraries load on first use, so `import hf_encdec` stays cheap.
+recipe path; `push(model_dir, repo_id)` uploads a finished run to the Hub. Heavy libraries load on
+first use, so `import hf_encdec` stays cheap.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig, load_config
-from .errors import ConfigError, DataError, ModelError, UserError
+from .errors import ConfigError, DataError, HubError, ModelError, UserError
 
 if TYPE_CHECKING:
     from .training import TrainResult
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "DataError", "ModelError", "RunConfig", "UserError", "load_config", "train"]
+__all__ = ["ConfigError", "DataError", "HubError", "ModelError", "RunConfig", "UserError", "load_config", "push",
+           "train"]
 
 
 def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     from .training import train as _train
 
     return _train(config)
+
+
+def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None, revision: str | None = None,
+         commit_message: str | None = None, merge_lora: bool = False, token: str | None = None) -> str:
+    """Upload a finished run to the Hub (see `hf-encdec push`); returns the commit URL."""
+    from .hub import push as _push
+
+    return _push(model_dir, repo_id, private=private, revision=revision, commit_message=commit_message,
+                 merge_lora=merge_lora, token=token)

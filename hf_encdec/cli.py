@@ -6,12 +6,13 @@ Heavy libraries (torch, transformers) are imported by the commands, never here, 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import traceback
 from collections.abc import Callable
 
-from .errors import UserError, did_you_mean
+from .errors import ConfigError, UserError, did_you_mean
 
 USAGE = """usage: hf-encdec COMMAND [ARGS] [--debug]
 
@@ -23,6 +24,10 @@ commands:
   merge --model DIR [--output DIR] [--base ID_OR_DIR]
                                           merge a LoRA/IA3 run's adapter into its base model
                                           (default output DIR/merged; loads with transformers alone)
+  push --model DIR --repo_id OWNER/NAME   upload a finished run to the Hub: model, tokenizer,
+       [--private] [--revision BRANCH]    generation config and presets, run_config.yaml,
+       [--commit_message M]               metrics.json, model card; the token comes from
+       [--merge_lora]                     HF_TOKEN or `hf auth login`
 
 examples:
   hf-encdec train tasks/quickstart.yaml
@@ -30,6 +35,7 @@ examples:
   hf-encdec train --model_name_or_path t5-small --train_file pairs.jsonl --max_steps 1000
   hf-encdec train --help                  every key, with its meaning
   hf-encdec merge --model runs/t5-lora
+  hf-encdec push --model runs/quickstart --repo_id me/dates-t5 --private
 
 exit codes: 0 success, 2 a user error (one line says what, where and how to fix it),
 1 an internal failure. --debug shows the traceback of user errors too.
@@ -81,6 +87,29 @@ def train_command(args: list[str]) -> int:
             print(f"{split}: " + ", ".join(f"{k} {v}" for k, v in scores.items()))
     for sample in result.samples:
         print(f"  {sample['source']!r} -> {sample['prediction']!r} (reference {sample['reference']!r})")
+    if result.hub_url:
+        print(f"pushed to {result.hub_url}")
+    return 0
+
+
+def push_command(args: list[str]) -> int:
+    parser = _ArgumentParser(prog="hf-encdec push", description="Upload a finished run to the Hub. The token "
+                             "comes from HF_TOKEN or the saved login (`hf auth login`); it is never printed.")
+    parser.add_argument("--model", required=True, metavar="DIR", help="output_dir of a finished run")
+    parser.add_argument("--repo_id", required=True, metavar="OWNER/NAME", help="the Hub repo (created if absent)")
+    parser.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps "
+                        "its visibility)")
+    parser.add_argument("--revision", metavar="BRANCH", help="push to this branch (created from main if absent)")
+    parser.add_argument("--commit_message", metavar="M", help="the commit's message")
+    parser.add_argument("--merge_lora", action="store_true", help="push the LoRA adapter merged into its base "
+                        "model instead of the adapter")
+    options = parser.parse_args(args)
+
+    from .hub import push
+
+    url = push(options.model, options.repo_id, private=True if options.private else None, revision=options.revision,
+               commit_message=options.commit_message, merge_lora=options.merge_lora)
+    print(f"pushed {options.model} to {url}")
     return 0
 
 
@@ -131,4 +160,11 @@ def _setup_logging() -> None:
     logger.setLevel(logging.INFO)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_command, "merge": merge_command}
+class _ArgumentParser(argparse.ArgumentParser):
+    """Argument mistakes as a ConfigError: one line and exit code 2, like every other user error."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}", hint="see `hf-encdec push --help`")
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_command, "merge": merge_command, "push": push_command}

@@ -134,6 +134,9 @@ class RunArguments:
         default=False, metadata={"help": "Allow writing into an output_dir that holds a finished run."}
     )
     num_sample_predictions: int = field(default=5, metadata={"help": "Sample predictions printed at the end."})
+    license: str | None = field(
+        default=None, metadata={"help": "License of the trained model, for the model card (e.g. apache-2.0, mit)."}
+    )
 
 
 @dataclass
@@ -420,7 +423,9 @@ class RunConfig:
     def training_arguments(self, **overrides: Any):
         from transformers import Seq2SeqTrainingArguments
 
-        return Seq2SeqTrainingArguments(**{**self.training, **overrides})
+        # hf-encdec pushes (hub.py), not the Trainer: its push would run before our outputs are written,
+        # and a hub_token inside the arguments would be pickled into every checkpoint's training_args.bin.
+        return Seq2SeqTrainingArguments(**{**self.training, **overrides, "push_to_hub": False, "hub_token": None})
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Every key, resolved, secrets left out: reproduces the run when passed back."""
@@ -499,3 +504,22 @@ def load_config(recipe: str | None = None, overrides: dict[str, Any] | None = No
     values = read_recipe(recipe) if recipe else {}
     values.update(overrides or {})
     return RunConfig.from_dict(values, origin=recipe or "command line")
+
+
+def read_saved_config(path: Path) -> RunConfig:
+    """A finished run's run_config.yaml as recorded, not re-validated against this machine.
+
+    Validation would reject, say, a bf16 GPU run read on a CPU machine; a reader (the model card)
+    only needs the values.
+    """
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    ours = _our_fields()
+    grouped: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
+    training = dict(TRAINING_DEFAULTS)
+    for key, value in values.items():
+        if key in ours:
+            grouped[ours[key][0]][key] = value
+        else:
+            training[key] = value
+    return RunConfig(model=ModelArguments(**grouped["model"]), data=DataArguments(**grouped["data"]),
+                     run=RunArguments(**grouped["run"]), training=training)

@@ -73,3 +73,7 @@ def closest(name: str, choices: Iterable[str]) -> str | None:
 def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
     guess = closest(name, choices)
     return f"did you mean '{guess}'?" if guess else None
+
+
+class HubError(UserError, OSError):
+    """The Hub refused or could not be reached: no token, a rejected token, a repo that is not yours."""

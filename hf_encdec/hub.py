@@ -1,160 +1,238 @@
-"""The model card: what was trained, on what, how well, and how to use it with transformers 5."""
+"""Pushing a run to the Hub.
+
+Pushing goes through huggingface_hub (`whoami`, `create_repo`, `upload_folder`) with hf-encdec's
+own checks around it: the token and the repo are checked before training starts, the push runs
+after the local save, and a failed push keeps the local model and says how to retry.
+"""
 
 from __future__ import annotations
 
+import glob
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TRAINING_DEFAULTS, RunConfig
-from .tasks import TaskAdapter
+from .card import ADAPTER_CONFIG, refresh_model_card
+from .config import RunConfig
+from .errors import ConfigError, HubError, ModelError
 
-HYPERPARAMETERS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
-                   "max_steps", "warmup_steps", "weight_decay", "lr_scheduler_type", "label_smoothing_factor",
-                   "seed", "bf16", "fp16")
-
-USAGE = '''```python
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{path}")
-model = AutoModelForSeq2SeqLM.from_pretrained("{path}")
-inputs = tokenizer(["{prefix}your text here"], return_tensors="pt", padding=True)
-outputs = model.generate(**inputs)  # decoding settings come from generation_config.json
-print(tokenizer.batch_decode(outputs, skip_special_tokens=True))
-```'''
+logger = logging.getLogger("hf_encdec.hub")
 
 
-PAIR_USAGE = '''```python
-from transformers import AutoTokenizer, EncoderDecoderModel
-
-tokenizer = AutoTokenizer.from_pretrained("{path}")  # the encoder's tokenizer reads the input
-decoder_tokenizer = AutoTokenizer.from_pretrained("{path}/decoder_tokenizer")  # the decoder's writes the output
-model = EncoderDecoderModel.from_pretrained("{path}")
-inputs = tokenizer(["{prefix}your text here"], return_tensors="pt", padding=True)
-outputs = model.generate(**inputs)  # start, end and pad tokens come from generation_config.json
-print(decoder_tokenizer.batch_decode(outputs, skip_special_tokens=True))
-```'''
-
-ADAPTER_USAGE = '''```python
-from peft import PeftModel
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, EncoderDecoderModel, GenerationConfig
-
-tokenizer = AutoTokenizer.from_pretrained("{path}")
-base = {base}
-model = PeftModel.from_pretrained(base, "{path}")  # or load {path}/merged with transformers alone, if present
-inputs = tokenizer(["{prefix}your text here"], return_tensors="pt", padding=True)
-outputs = model.generate(**inputs, generation_config=GenerationConfig.from_pretrained("{path}"))
-print({output_tokenizer}.batch_decode(outputs, skip_special_tokens=True))
-```'''
-
-PAIR_ADAPTER_NOTE = ("The base is the warm-started pair rebuilt from its two checkpoints. When the decoder "
-                     "tokenizer gained a pad token, resize first: `base.decoder.resize_token_embeddings(len("
-                     "decoder_tokenizer))`. `hf-encdec merge --model {path}` does all of this and saves a merged "
-                     "model.")
+# What a push uploads from a run's folder (top level): the model or adapter, tokenizer(s), generation
+# config, the run's config and metrics, the card. predictions.jsonl stays local: it holds the test set.
+PUSHED_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", ADAPTER_CONFIG, "generation_config.json",
+                "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.model",
+                "*.spm", "chat_template.jinja", "run_config.yaml", "metrics.json", "README.md")
+PUSHED_FOLDERS = ("presets",)  # every named decoding preset
+# Checkpoint files a resumed run needs, pushed for hub_strategy checkpoint / all_checkpoints.
+CHECKPOINT_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt", "trainer_state.json")
 
 
-def write_model_card(output_dir: Path, config: RunConfig, task: TaskAdapter, metrics: dict[str, Any]) -> None:
-    from huggingface_hub import ModelCard, ModelCardData
+@dataclass
+class HubTarget:
+    """Where a run goes: checked once (token, namespace), then used for every push of the run."""
 
-    d, m = config.data, config.model
-    languages = [lang for lang in (d.source_lang, d.target_lang, d.lang) if lang]
-    pair = [m.encoder_name_or_path, m.decoder_name_or_path] if m.encoder_name_or_path else None
-    card_data = ModelCardData(
-        base_model=pair or m.model_name_or_path,
-        datasets=[d.dataset_name] if d.dataset_name else None,
-        language=languages or None,
-        library_name="peft" if config.adapter.peft else "transformers",
-        pipeline_tag=task.pipeline_tag,
-        tags=["hf-encdec", task.name, "text2text-generation"],
-    )
-    origin = _origin(config)
-    sections = [
-        f"---\n{card_data.to_yaml()}\n---",
-        f"# {output_dir.name}\n\nA {task.name} model {origin} with hf-encdec.",
-        "## Model\n\n" + _model_section(metrics.get("model", {})),
-        "## Data\n\n" + _data_table(metrics.get("data", {})),
-        "## Results\n\n" + _results_table(metrics),
-        "## Training hyperparameters\n\n" + _hyperparameter_table(config),
-        "## Usage\n\n" + _usage(config, output_dir),
-    ]
-    ModelCard("\n\n".join(sections) + "\n").save(output_dir / "README.md")
+    repo_id: str
+    token: str = field(repr=False)  # so that logging a target never shows it
+    private: bool | None = None
+    revision: str | None = None
 
 
-def _origin(config: RunConfig) -> str:
-    m, a = config.model, config.adapter
-    if m.model_name_or_path:
-        origin = f"fine-tuned from `{m.model_name_or_path}`"
-    elif m.encoder_name_or_path:
-        origin = (f"warm-started from the encoder `{m.encoder_name_or_path}` and the decoder "
-                  f"`{m.decoder_name_or_path}` (an `EncoderDecoderModel`)")
-    else:
-        return (f"trained from scratch ({m.model_config.get('architecture')} architecture, "
-                f"tokenizer trained on the training data)")
-    return f"{origin}, {a.peft.upper()} adapter only" if a.peft else origin
+def check_access(repo_id: str, *, token: str | None = None, private: bool | None = None,
+                 revision: str | None = None, repo_key: str = "repo_id") -> HubTarget:
+    """The token is valid, may write, and `repo_id` is in its user's or an organization's namespace.
+
+    Runs before training, so a typo in the repo id or an expired token costs seconds, not a training run.
+    A repo id without an owner goes to the token's user, as with the Trainer.
+    """
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    token, source = (token, "the given token (hub_token or token)") if token else (get_token(), _token_source())
+    if not token:
+        raise HubError("no Hub token to push with",
+                       hint="set HF_TOKEN to a token with write access, or run `hf auth login`")
+    api = HfApi(token=token)
+    with hub_errors(f"checking the token from {source}"):
+        me = api.whoami()
+    owner, _, name = repo_id.rpartition("/")
+    full_id = f"{owner or me['name']}/{name}"
+    try:
+        validate_repo_id(full_id)
+    except HFValidationError as err:
+        raise ConfigError(f"invalid repo id {repo_id!r}: {err}", key=repo_key) from None
+    namespaces = [me["name"], *(org["name"] for org in me.get("orgs", []))]
+    if full_id.split("/")[0] not in namespaces:
+        raise HubError(f"repo {full_id} is not in your namespace: the token from {source} belongs to "
+                       f"{me['name']!r}", key=repo_key,
+                       hint=f"push to one of {', '.join(f'{n}/{name}' for n in namespaces)}")
+    if me.get("auth", {}).get("accessToken", {}).get("role") == "read":
+        raise HubError(f"the token from {source} is read-only", hint="use a token with write access")
+    with hub_errors(f"looking up {full_id}"):
+        exists = api.repo_exists(full_id)
+    logger.info("hub: will push to %s (%s, as %s)", full_id, "existing repo" if exists else "new repo", me["name"])
+    return HubTarget(full_id, token, private, revision)
 
 
-def _model_section(model: dict[str, Any]) -> str:
-    if not model:
-        return "(not recorded)"
-    trainable, total = model["trainable_parameters"], model["total_parameters"]
-    lines = [f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)."]
-    if "warm_start" in model:
-        w = model["warm_start"]
-        lines.append(f"Pretrained: the encoder (`{w['encoder']}`) and the decoder's self-attention and "
-                     f"feed-forward layers (`{w['decoder']}`). Started random: "
-                     + ", ".join(f"`{part}`" for part in w["random_init"]) + ".")
-    if "peft" in model:
-        p = model["peft"]
-        leaves = sorted({name.rsplit(".", 1)[-1] for name in p["target_modules"]})
-        lines.append(f"Adapter: {p['method']} on {len(p['target_modules'])} modules (" + ", ".join(leaves) + ").")
-        if p["modules_to_save"]:
-            lines.append("Trained fully next to the adapter, since they start random: "
-                         + ", ".join(f"`{name}`" for name in p["modules_to_save"]) + ".")
-    return "\n\n".join(lines)
+def _token_source() -> str:
+    # Which of huggingface_hub's places the token came from, for error messages; never the token itself.
+    return "HF_TOKEN" if os.environ.get("HF_TOKEN") else "the saved login (hf auth login)"
 
 
-def _usage(config: RunConfig, output_dir: Path) -> str:
-    m, prefix = config.model, config.data.source_prefix or ""
-    if config.adapter.peft:
-        if not m.encoder_name_or_path:
-            base = f'AutoModelForSeq2SeqLM.from_pretrained("{m.model_name_or_path}")'
-            return ADAPTER_USAGE.format(path=output_dir, base=base, prefix=prefix, output_tokenizer="tokenizer")
-        base = (f'EncoderDecoderModel.from_encoder_decoder_pretrained("{m.encoder_name_or_path}", '
-                f'"{m.decoder_name_or_path}")\ndecoder_tokenizer = AutoTokenizer.from_pretrained("{output_dir}/'
-                f'decoder_tokenizer")')
-        usage = ADAPTER_USAGE.format(path=output_dir, base=base, prefix=prefix, output_tokenizer="decoder_tokenizer")
-        return usage + "\n\n" + PAIR_ADAPTER_NOTE.format(path=output_dir)
-    if m.encoder_name_or_path:
-        return PAIR_USAGE.format(path=output_dir, prefix=prefix)
-    return USAGE.format(path=output_dir, prefix=prefix)
+def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None, revision: str | None = None,
+         commit_message: str | None = None, merge_lora: bool = False, token: str | None = None) -> str:
+    """Upload a finished run folder to the Hub; returns the commit URL."""
+    folder = Path(model_dir)
+    _check_run_folder(folder)
+    if merge_lora and not (folder / ADAPTER_CONFIG).exists():
+        raise ConfigError("--merge_lora needs a LoRA run: this folder holds a full model (no adapter_config.json)",
+                          key="merge_lora", path=str(folder), hint="push it without --merge_lora")
+    target = check_access(repo_id, token=token, private=private, revision=revision)
+    return upload_run(folder, target, commit_message=commit_message, merge_lora=merge_lora)
 
 
-def _data_table(data: dict[str, Any]) -> str:
-    rows = ["| split | origin | rows | dropped | source tokens p50/p99 | target tokens p50/p99 |", "|---|---|---|---|---|---|"]
-    for name, stats in data.items():
-        src, tgt = stats["source_tokens"], stats["target_tokens"]
-        rows.append(f"| {name} | {Path(stats['origin']).name} | {stats['rows']} | {stats['dropped']} | "
-                    f"{src['p50']}/{src['p99']} | {tgt['p50']}/{tgt['p99']} |")
-    return "\n".join(rows)
+def _check_run_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise ModelError("model folder not found", path=str(folder), hint="give the output_dir of a finished run")
+    if not any(folder.glob("*.safetensors")):
+        raise ModelError("no model weights (*.safetensors) in this folder", path=str(folder),
+                         hint="give the output_dir of a finished run")
 
 
-def _results_table(metrics: dict[str, Any]) -> str:
-    rows = ["| split | metric | value |", "|---|---|---|"]
-    for split in ("validation", "test"):
-        for key, value in metrics.get(split, {}).items():
-            if not key.endswith(("runtime", "per_second")):
-                rows.append(f"| {split} | {key} | {round(value, 4) if isinstance(value, float) else value} |")
-    signatures = metrics.get("signatures") or {}
-    notes = "".join(f"\n\n`{name}` signature: `{sig}`" for name, sig in signatures.items())
-    return "\n".join(rows) + notes
+def upload_run(folder: Path, target: HubTarget, *, commit_message: str | None = None,
+               merge_lora: bool = False) -> str:
+    """create_repo + upload_folder of the run's files, with a card naming the repo."""
+    from huggingface_hub import HfApi
+
+    with tempfile.TemporaryDirectory(prefix="hf-encdec-merged-") as scratch:
+        source = merge_adapter(folder, Path(scratch)) if merge_lora else folder
+        refresh_model_card(source, target.repo_id)
+        api = HfApi(token=target.token)
+        with hub_errors(f"pushing to {target.repo_id}"):
+            _prepare_repo(api, target)
+            info = api.upload_folder(repo_id=target.repo_id, folder_path=source, revision=target.revision,
+                                     allow_patterns=[glob.escape(p) for p in files_to_push(source)],
+                                     commit_message=commit_message or f"Upload {folder.name} with hf-encdec")
+    return info.commit_url
 
 
-def _hyperparameter_table(config: RunConfig) -> str:
-    from transformers import Seq2SeqTrainingArguments
+def _prepare_repo(api: Any, target: HubTarget) -> None:
+    """The repo (and branch) exist afterwards; an existing repo keeps its visibility."""
+    api.create_repo(target.repo_id, private=target.private, exist_ok=True)
+    if target.revision:
+        api.create_branch(target.repo_id, branch=target.revision, exist_ok=True)
 
-    defaults = Seq2SeqTrainingArguments(output_dir=TRAINING_DEFAULTS["output_dir"])
-    rows = ["| key | value |", "|---|---|"]
-    for key in HYPERPARAMETERS:
-        rows.append(f"| {key} | {config.training.get(key, getattr(defaults, key))} |")
-    for key in ("max_source_length", "max_target_length", "source_prefix"):
-        rows.append(f"| {key} | {getattr(config.data, key)} |")
-    return "\n".join(rows)
+
+def files_to_push(folder: Path) -> list[str]:
+    """Relative paths of the run's files that a push uploads (see PUSHED_FILES)."""
+    top = [p for p in folder.iterdir() if p.is_file() and any(p.match(pattern) for pattern in PUSHED_FILES)]
+    nested = [p for name in PUSHED_FOLDERS if (folder / name).is_dir() for p in (folder / name).rglob("*")
+              if p.is_file()]
+    return sorted(p.relative_to(folder).as_posix() for p in top + nested)
+
+
+def merge_adapter(folder: Path, target: Path) -> Path:
+    """The run's LoRA adapter merged into its base model, as a plain transformers folder in `target`."""
+    from peft import AutoPeftModelForSeq2SeqLM
+
+    merged = AutoPeftModelForSeq2SeqLM.from_pretrained(str(folder)).merge_and_unload()
+    merged.save_pretrained(target)
+    # The weights and config.json come from the merge; the rest (tokenizer, the run's generation config
+    # and presets, run_config.yaml, metrics.json, the card) from the run.
+    from_merge = {p.name for p in target.iterdir()} - {"generation_config.json"}
+    for path in files_to_push(folder):
+        if path not in from_merge and not path.startswith("adapter_"):
+            (target / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(folder / path, target / path)
+    return target
+
+
+HTTP_REASONS = {
+    401: ("the Hub rejected the token (401)", "set HF_TOKEN to a valid token, or run `hf auth login --force`"),
+    403: ("the token may not write there (403)", "use a token with write access to this namespace"),
+}
+
+
+@contextmanager
+def hub_errors(action: str):
+    """The Hub client's exceptions as one-line HubErrors (its messages carry URLs, never the token)."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, HTTPError, RepositoryNotFoundError
+
+    try:
+        yield
+    except RepositoryNotFoundError:
+        raise HubError(f"{action}: repository not found or not visible to this token") from None
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        reason, hint = HTTP_REASONS.get(status, (f"the Hub answered {status}", None))
+        detail = f": {err.server_message.strip()}" if err.server_message else ""
+        raise HubError(f"{action}: {reason}{detail}", hint=hint) from None
+    except HTTPError as err:  # the transport's errors: refused, reset, timed out
+        raise HubError(f"{action}: cannot reach the Hub at {constants.ENDPOINT} ({type(err).__name__}: {err})",
+                       hint="check the network, or HF_ENDPOINT") from None
+
+
+def check_push_access(config: RunConfig) -> HubTarget:
+    """`push_to_hub: true`: the target of hub_model_id (default: the output folder's name), checked now."""
+    t = config.training
+    return check_access(t.get("hub_model_id") or config.output_dir.name, token=t.get("hub_token") or config.model.token,
+                        private=t.get("hub_private_repo"), revision=t.get("hub_revision"), repo_key="hub_model_id")
+
+
+def push_after_training(output_dir: Path, target: HubTarget) -> str | None:
+    """The final push, from the main process, after everything is saved locally."""
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return None
+    try:
+        return upload_run(output_dir, target, commit_message=f"Training finished: {output_dir.name}")
+    except HubError as err:
+        raise HubError(f"{err.message}; the model is saved in {output_dir}",
+                       hint=f"retry with `hf-encdec push --model {output_dir} --repo_id {target.repo_id}`") from None
+
+
+def follow_checkpoints(trainer: Any, target: HubTarget, strategy: str) -> None:
+    """Checkpoint pushes, as the Trainer's hub_strategy means them (it does not push itself: see config.py).
+
+    every_save: the model of each saved checkpoint goes to the repo root; checkpoint: also the newest
+    checkpoint with its optimizer state, in last-checkpoint/ (resume elsewhere); all_checkpoints: every
+    checkpoint in checkpoint-N/. end (the default): only the final push.
+    """
+    from transformers import TrainerCallback
+
+    class CheckpointPusher(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                _push_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}", target, strategy)
+
+    if strategy != "end":
+        trainer.add_callback(CheckpointPusher())
+
+
+def _push_checkpoint(checkpoint: Path, target: HubTarget, strategy: str) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=target.token)
+    message = f"Training in progress, {checkpoint.name}"
+    model_files = [glob.escape(p) for p in files_to_push(checkpoint)]
+    try:
+        with hub_errors(f"pushing {checkpoint.name} to {target.repo_id}"):
+            _prepare_repo(api, target)
+            api.upload_folder(repo_id=target.repo_id, folder_path=checkpoint, revision=target.revision,
+                              allow_patterns=model_files, commit_message=message)
+            if strategy in ("checkpoint", "all_checkpoints"):
+                folder = "last-checkpoint" if strategy == "checkpoint" else checkpoint.name
+                api.upload_folder(repo_id=target.repo_id, folder_path=checkpoint, path_in_repo=folder,
+                                  revision=target.revision, allow_patterns=model_files + list(CHECKPOINT_STATE),
+                                  delete_patterns="*", commit_message=f"{message}, full checkpoint")
+    except HubError as err:
+        # Training goes on: the final push after training is tried (and reported) regardless.
+        logger.warning("hub: %s", err.one_line())

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data as data_lib
+from . import hub
 from .adapters import apply_peft, quantization_config, save_merged
 from .config import RunConfig, load_config
 from .errors import ConfigError
@@ -29,6 +30,7 @@ class TrainResult:
     output_dir: Path
     metrics: dict[str, Any]
     samples: list[dict[str, str]]
+    hub_url: str | None = None
 
 
 def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
@@ -39,6 +41,7 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     check_precision(model_type, config.training)
     quantization = quantization_config(config.adapter)
     check_output_dir(config)
+    hub_target = hub.check_push_access(config) if config.training.get("push_to_hub") else None
     choose_precision(config, model_type)
 
     splits = load_splits(config, task)
@@ -52,6 +55,8 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
         splits, lengths["source"], lengths["target"], config.data.max_source_length, config.data.max_target_length))
     set_generation_defaults(model, config, lengths["target"], generation_settings)
     trainer = build_trainer(config, task, model, tokenizer, splits)
+    if hub_target:
+        hub.follow_checkpoints(trainer, hub_target, str(config.training.get("hub_strategy", "end")))
 
     trainer.train(resume_from_checkpoint=resume_checkpoint(config))
     metrics = {"train": trainer.state.log_history[-1] if trainer.state.log_history else {},
@@ -61,7 +66,8 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
         if name in splits:
             metrics[name], samples = predict_split(trainer, config, task, splits[name])
     save_outputs(trainer, config, task, metrics, splits, lengths)
-    return TrainResult(config.output_dir, metrics, samples[: config.run.num_sample_predictions])
+    hub_url = hub.push_after_training(config.output_dir, hub_target) if hub_target else None
+    return TrainResult(config.output_dir, metrics, samples[: config.run.num_sample_predictions], hub_url)
 
 
 def as_config(config: RunConfig | dict[str, Any] | str) -> RunConfig:
@@ -335,7 +341,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def save_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[str, Any], splits, lengths) -> None:
     """Model, tokenizer, generation config, run config, card; metrics.json last, as the finished marker."""
-    from .hub import write_model_card
+    from .card import write_model_card
     from .metrics import metric_signatures
 
     out = config.output_dir

@@ -9,10 +9,40 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hub_server import HubServer
+
+# huggingface_hub reads HF_ENDPOINT and HF_HOME once, when it is imported (`constants`), and test modules
+# import it while they are collected: so the loopback test Hub gets its port here, before any of them.
+# A fresh HF_HOME keeps a saved login out of the tests; the server only answers while `hub` is in use.
+if "huggingface_hub" in sys.modules:
+    raise RuntimeError("huggingface_hub was imported before tests/conftest.py could point HF_ENDPOINT at the test Hub")
+TEST_HUB = HubServer()
+os.environ.update(HF_ENDPOINT=TEST_HUB.url, HF_HOME=tempfile.mkdtemp(prefix="hf-encdec-test-home-"))
+for name in ("HF_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.pop(name, None)
+
+
+def pytest_unconfigure(config) -> None:
+    TEST_HUB.httpd.server_close()
+    shutil.rmtree(os.environ["HF_HOME"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def hub() -> HubServer:
+    """The test Hub, serving at HF_ENDPOINT until the session ends. Users: alice (org `team`), bob."""
+    TEST_HUB.state.add_user("hf_alice_write", "alice", orgs=["team"])
+    TEST_HUB.state.add_user("hf_alice_read", "alice", role="read")
+    TEST_HUB.state.add_user("hf_bob_write", "bob")
+    yield TEST_HUB.start()
+    TEST_HUB.stop()
 
 WORDS = ("red blue green small large cat dog bird tree house river stone sun moon car road "
          "apple bread water fire snow rain wind city boat book door hand light night").split()
