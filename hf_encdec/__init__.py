@@ -1,7 +1,9 @@
 """hf-encdec: fine-tune Hugging Face encoder-decoder models with one command.
 
 The public API mirrors the CLI: `train(config)` takes a RunConfig, a dict of flat keys, or a
-recipe path. Heavy libraries load on first use, so `import hf_encdec` stays cheap.
+recipe path; `generate(model, inputs, preset=...)` runs a model over sources, in order;
+`evaluate(model, data_file, preset=...)` scores it on a file with references. Heavy libraries
+load on first use, so `import hf_encdec` stays cheap.
 """
 
 from __future__ import annotations
@@ -15,10 +17,26 @@ if TYPE_CHECKING:
     from .training import TrainResult
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "DataError", "ModelError", "RunConfig", "UserError", "load_config", "train"]
+__all__ = ["ConfigError", "DataError", "ModelError", "RunConfig", "UserError", "evaluate", "generate", "load_config",
+           "train"]
 
 
 def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     from .training import train as _train
 
     return _train(config)
+
+
+def generate(model: Any, inputs: Any, preset: str | None = None, **options: Any) -> Any:
+    """Predictions in input order: a list for a list, an iterator for any other iterable."""
+    from .generation import generate as _generate
+
+    return _generate(model, inputs, preset, **options)
+
+
+def evaluate(model: str, data: str, preset: str | None = None, **options: Any) -> dict[str, Any]:
+    """Generate for a file with references and return the task's metrics."""
+    from .jobs import EvaluateOptions, evaluate_file, split_options
+
+    known, overrides = split_options(EvaluateOptions, {"model": model, "data": data, "preset": preset, **options})
+    return evaluate_file(EvaluateOptions(**known), overrides)

@@ -6,6 +6,7 @@ Heavy libraries (torch, transformers) are imported by the commands, never here, 
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import traceback
@@ -20,12 +21,19 @@ Fine-tune Hugging Face encoder-decoder models (T5, BART, Marian, ...) with one c
 commands:
   train [RECIPE.yaml] [--key value ...]   fine-tune or train from scratch; any recipe key
                                           or Seq2SeqTrainingArguments key can be given as a flag
+  generate --model DIR --input FILE --output FILE [--preset NAME] [--max_tokens N | --batch_size N]
+                                          run a model over a file: ordered, resumable, token-budget batches
+  evaluate --model DIR --data FILE [--preset NAME]
+                                          score a model on a file with references (the task's metrics)
 
 examples:
   hf-encdec train tasks/quickstart.yaml
   hf-encdec train tasks/translation.yaml --learning_rate 3e-4 --output_dir runs/x
   hf-encdec train --model_name_or_path t5-small --train_file pairs.jsonl --max_steps 1000
   hf-encdec train --help                  every key, with its meaning
+  hf-encdec generate --model runs/quickstart --input dates.txt --output out.jsonl --preset beam
+  hf-encdec generate --model runs/x --input in.jsonl --output nbest.jsonl --preset nbest --num_beams 8
+  hf-encdec evaluate --model runs/x --data test.jsonl --preset beam
 
 exit codes: 0 success, 2 a user error (one line says what, where and how to fix it),
 1 an internal failure. --debug shows the traceback of user errors too.
@@ -101,6 +109,48 @@ def train_help() -> str:
     return "\n".join(lines)
 
 
+def generate_command(args: list[str]) -> int:
+    from .config import parse_overrides
+
+    if "-h" in args or "--help" in args:
+        print(options_help("generate", "GenerateOptions"))
+        return 0
+    from .jobs import GenerateOptions, generate_file, split_options
+
+    options, overrides = split_options(GenerateOptions, parse_overrides(args))
+    generate_file(GenerateOptions(**options), overrides)
+    return 0
+
+
+def evaluate_command(args: list[str]) -> int:
+    from .config import parse_overrides
+
+    if "-h" in args or "--help" in args:
+        print(options_help("evaluate", "EvaluateOptions"))
+        return 0
+    from .jobs import EvaluateOptions, evaluate_file, split_options
+
+    options, overrides = split_options(EvaluateOptions, parse_overrides(args))
+    metrics = evaluate_file(EvaluateOptions(**options), overrides)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def options_help(command: str, class_name: str) -> str:
+    import dataclasses
+
+    from . import jobs
+
+    lines = [f"usage: hf-encdec {command} --key value ...", ""]
+    for f in dataclasses.fields(getattr(jobs, class_name)):
+        default = "required" if f.default is dataclasses.MISSING else f"default: {f.default!r}"
+        lines.append(f"  --{f.name:<20} {f.metadata['help']} ({default})")
+    lines += ["", "Any GenerationConfig field overrides the preset: --num_beams 6, --num_return_sequences 3, "
+              "--max_new_tokens 64 ...", "presets: greedy, beam, beam-long, sample, nbest, the model's saved "
+              "presets (presets/<name>.json) and yours (--presets FILE)"]
+    return "\n".join(lines)
+
+
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -110,4 +160,5 @@ def _setup_logging() -> None:
     logger.propagate = False
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_command}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_command, "generate": generate_command,
+                                                   "evaluate": evaluate_command}

@@ -105,19 +105,23 @@ def preset_names(user_presets: dict[str, dict] | None = None) -> list[str]:
 def make_preset(name: str, *, base=None, user_presets: dict[str, dict] | None = None,
                 overrides: dict[str, Any] | None = None, trust_remote_code: bool = False):
     """The GenerationConfig of preset `name` on top of `base` (the model's), with `overrides` last."""
+    fields = {**_preset_fields(name, user_presets), **(overrides or {})}
+    return with_fields(name, base, {**DECODING_DEFAULTS, **fields}, set(fields), trust_remote_code)
+
+
+def with_fields(name: str, base, fields: dict[str, Any], user_set: set[str], trust_remote_code: bool = False):
+    """A copy of `base` (None: library defaults) with `fields` set, checked as preset `name`."""
     from transformers import GenerationConfig
 
-    fields = {**_preset_fields(name, user_presets), **(overrides or {})}
-    check_fields(name, fields)
-    values = base.to_dict() if base is not None else {}
-    values.update(DECODING_DEFAULTS)
+    check_fields(name, {k: v for k, v in fields.items() if k in user_set})
+    values = {k: v for k, v in (base.to_dict() if base is not None else {}).items()
+              if not k.startswith("_") and k != "transformers_version"}
     values.update(fields)
-    values.pop("transformers_version", None)
     try:
         config = GenerationConfig(**values)
     except ValueError as err:
         raise _config_error(name, err) from None
-    check_config(name, config, set(fields), trust_remote_code)
+    check_config(name, config, user_set, trust_remote_code)
     return config
 
 
