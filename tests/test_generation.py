@@ -233,3 +233,21 @@ def test_bad_options_are_one_line_errors(argv, fragment, tiny_models, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and fragment in err and "Traceback" not in err
     assert not list(tmp_path.glob("o.txt*"))
+
+
+def test_evaluate_scores_a_file_with_references(tiny_models, pair_files, tmp_path, capsys):
+    rows = [json.loads(line) for line in pair_files["test"].read_text().splitlines()]
+    metrics_file, predictions_file = tmp_path / "metrics.json", tmp_path / "predictions.jsonl"
+    code = main(["evaluate", "--model", str(tiny_models["bart"]), "--data", str(pair_files["test"]),
+                 "--preset", "beam", "--max_new_tokens", "6", "--metrics", "bleu,exact_match",
+                 "--output", str(metrics_file), "--predictions", str(predictions_file)])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(metrics_file.read_text())
+    assert set(printed) == {"bleu", "exact_match", "rows", "dropped"} and printed["rows"] == len(rows)
+    predictions = [json.loads(line) for line in predictions_file.read_text().splitlines()]
+    assert [p["reference"] for p in predictions] == [r["target"] for r in rows]
+    assert [p["prediction"] for p in predictions] == reference_predictions(
+        tiny_models["bart"], [r["source"] for r in rows], max_new_tokens=6, num_beams=4, early_stopping=True)
+    assert hf_encdec.evaluate(str(tiny_models["bart"]), str(pair_files["test"]), "beam", max_new_tokens=6,
+                              metrics=["bleu", "exact_match"]) == printed
