@@ -112,7 +112,9 @@ class Generator:
         self.config = copy.deepcopy(generation_config)
         self.config.return_dict_in_generate = True
         self.config.output_scores = self.nbest
-        self.max_tokens = None if batch_size else (max_tokens or DEFAULT_MAX_TOKENS)
+        # The budget counts decoder rows too: beam search (and n samples) multiplies every batch.
+        width = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
+        self.max_tokens = None if batch_size else max(1, (max_tokens or DEFAULT_MAX_TOKENS) // width)
         self.batch_size = batch_size
         self.max_source_length = max_source_length or _position_limit(self.model, self.tokenizer)
         self.seed = seed
@@ -186,6 +188,25 @@ class Generator:
         return [round(s, 6) for s in steps.sum(dim=1).tolist()]
 
 
+BACKENDS = ("transformers", "ct2")
+
+
+def make_generator(loaded: LoadedModel, generation_config, *, backend: str = "transformers", **settings: Any):
+    """A Generator, or with backend="ct2" the same interface over CTranslate2."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}", key="backend", hint=f"choose one of {', '.join(BACKENDS)}")
+    if backend == "transformers":
+        return Generator(loaded, generation_config, **settings)
+    try:
+        from .ct2 import Ct2Generator
+    except ImportError as err:
+        raise ConfigError("--backend ct2 needs CTranslate2", key="backend", hint="pip install ctranslate2") from err
+    max_source_length = settings.get("max_source_length") or _position_limit(loaded.model, loaded.tokenizer)
+    return Ct2Generator(loaded, generation_config, max_tokens=None if settings.get("batch_size") else (
+        settings.get("max_tokens") or DEFAULT_MAX_TOKENS), batch_size=settings.get("batch_size"),
+        max_source_length=max_source_length, seed=settings.get("seed", 42))
+
+
 def _position_limit(model, tokenizer) -> int | None:
     limit = getattr(model.config, "max_position_embeddings", None)
     encoder = getattr(model.config, "encoder", None)  # a warm-started pair keeps it on its encoder config
@@ -204,12 +225,13 @@ def prefix_for(loaded: LoadedModel, prefix: str | None) -> str:
 def generate(model, inputs: Iterable[str], preset: str | None = None, *, tokenizer=None,
              max_tokens: int | None = None, batch_size: int | None = None, source_prefix: str | None = None,
              window: int = DEFAULT_WINDOW, seed: int = 42, trust_remote_code: bool = False,
-             **overrides: Any) -> list | Iterator:
+             backend: str = "transformers", **overrides: Any) -> list | Iterator:
     """Predictions for `inputs`, in order: a list for a list, an iterator for any other iterable.
 
     `model` is a directory or Hub id, or a loaded model (then pass `tokenizer`). Each prediction
     is a string, or for n-best presets a list of (text, score) pairs, best first. Keyword
     arguments other than these are GenerationConfig fields overriding the preset (num_beams=6).
+    backend="ct2" decodes with CTranslate2 (converted once, cached beside the model).
     """
     if isinstance(model, (str, Path)):
         loaded = load_model(str(model), trust_remote_code=trust_remote_code)
@@ -218,7 +240,8 @@ def generate(model, inputs: Iterable[str], preset: str | None = None, *, tokeniz
     else:
         loaded = LoadedModel(model, tokenizer)
     config = resolve_preset(loaded, preset, overrides=overrides, trust_remote_code=trust_remote_code)
-    generator = Generator(loaded, config, max_tokens=max_tokens, batch_size=batch_size, seed=seed)
+    generator = make_generator(loaded, config, backend=backend, max_tokens=max_tokens, batch_size=batch_size,
+                               seed=seed)
     prefix = prefix_for(loaded, source_prefix)
     stream = _predict_stream(generator, iter(inputs), prefix, window)
     return list(stream) if isinstance(inputs, (list, tuple)) else stream

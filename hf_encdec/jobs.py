@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DataError, did_you_mean
-from .generation import DEFAULT_WINDOW, Generator, LoadedModel, load_model, prefix_for, resolve_preset
+from .generation import (BACKENDS, DEFAULT_WINDOW, Generator, LoadedModel, load_model, make_generator, prefix_for,
+                         resolve_preset)
 from .resumable import ResumableOutput, refuse_finished
 from .streaming import TEXT_COLUMN, Row, check_input, first_columns, input_format, iter_rows, source_of
 
@@ -51,6 +52,9 @@ class GenerateOptions:
     seed: int = field(default=42, metadata={"help": "Seed of sampling presets."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code (moved-out decoding methods)."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    backend: str = field(default="transformers", metadata={
+        "help": "transformers, or ct2: CTranslate2 (converted once, cached beside the model as <model>.ct2).",
+        "choices": list(BACKENDS)})
 
 
 @dataclass
@@ -169,15 +173,15 @@ def generate_file(options: GenerateOptions, overrides: dict[str, Any] | None = N
     if out_ext == ".txt" and (config.num_return_sequences or 1) > 1:
         raise ConfigError("n-best output needs a .jsonl output", key="output", path=options.output,
                           hint="write to a .jsonl file, or set --num_return_sequences 1")
-    generator = Generator(loaded, config, max_tokens=options.max_tokens, batch_size=options.batch_size,
-                          max_source_length=options.max_source_length or loaded.run_config.get("max_source_length"),
-                          seed=options.seed)
+    generator = make_generator(loaded, config, backend=options.backend, max_tokens=options.max_tokens,
+                               batch_size=options.batch_size, seed=options.seed,
+                               max_source_length=options.max_source_length or loaded.run_config.get("max_source_length"))
     prefix = prefix_for(loaded, options.source_prefix)
     settings = {"model": str(Path(options.model).absolute()) if Path(options.model).exists() else options.model,
                 "input": _file_identity(options.input), "column": column, "prefix": prefix,
                 "generation": config.to_json_string(), "max_tokens": generator.max_tokens,
                 "batch_size": options.batch_size, "window": options.window, "seed": options.seed,
-                "max_source_length": generator.max_source_length, "format": out_ext}
+                "max_source_length": generator.max_source_length, "format": out_ext, "backend": options.backend}
     output = ResumableOutput(options.output, settings, overwrite=options.overwrite)
     done = output.start()
     try:
@@ -194,7 +198,7 @@ def _file_identity(path: str) -> dict[str, Any]:
     return {"path": str(Path(path).absolute()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _run(generator: Generator, output: ResumableOutput, options: GenerateOptions, column: str, prefix: str,
+def _run(generator, output: ResumableOutput, options: GenerateOptions, column: str, prefix: str,
          total: int, done: int, out_ext: str) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -237,7 +241,7 @@ def _format(row: Row, prediction, column: str, out_ext: str, nbest: bool) -> str
     return json.dumps(record, ensure_ascii=False, default=str) + "\n"
 
 
-def _report(path: str, stats: dict[str, Any], generator: Generator) -> None:
+def _report(path: str, stats: dict[str, Any], generator) -> None:
     seconds = max(stats["seconds"], 1e-9)
     notes = []
     if stats["skipped"]:

@@ -6,10 +6,10 @@ Rows (each for greedy and for beam 4):
   (b') fixed batches over length-sorted inputs
   (c)  hf_encdec.generate: length-sorted windows, token-budget batches, order restored
   (ct2) with --ct2: raw CTranslate2 translate_batch on the same input, and ours with --backend ct2
-        where available
-Prints generated tokens/s and the ratios, and checks that greedy outputs match (a) exactly.
+Prints generated tokens/s (the tokens of (b), per preset) and the ratios, and checks that greedy
+outputs match (a) exactly.
 
-    python scripts/bench_generate.py                       # a small T5 built here, skewed input
+    python scripts/bench_generate.py --ct2 --threads 1      # a small T5 built here, skewed input
     python scripts/bench_generate.py --model runs/quickstart --input my.txt --rows 500
 
 Inputs are English Multi30k captions (../shared/data/multi30k) when present, synthetic
@@ -105,17 +105,45 @@ def fixed_batches(model, tokenizer, sources, settings, batch_size, sort):
     return outputs, tokens
 
 
-def ours(model, tokenizer, sources, settings, preset, max_tokens):
+def ours(model, tokenizer, sources, settings, preset, max_tokens, backend="transformers"):
     import hf_encdec
 
     overrides = {k: v for k, v in settings.items() if k not in ("num_beams", "early_stopping")}
-    outputs = hf_encdec.generate(model, sources, preset, tokenizer=tokenizer, max_tokens=max_tokens, **overrides)
+    outputs = hf_encdec.generate(model, sources, preset, tokenizer=tokenizer, max_tokens=max_tokens,
+                                 backend=backend, **overrides)
     return outputs, None  # the same tokens as (b): the outputs are compared below
+
+
+def ours_ct2(loaded, sources, settings, preset, max_tokens):
+    """hf_encdec's windows and ordering over CTranslate2; set up (model converted, Translator built) untimed,
+    as for the raw row."""
+    from hf_encdec.generation import _predict_stream, make_generator, resolve_preset
+
+    overrides = {k: v for k, v in settings.items() if k not in ("num_beams", "early_stopping")}
+    config = resolve_preset(loaded, preset, overrides=overrides)
+    generator = make_generator(loaded, config, backend="ct2", max_tokens=max_tokens)
+    start = time.perf_counter()
+    outputs = list(_predict_stream(generator, iter(sources), "", 2000))
+    return outputs, time.perf_counter() - start
+
+
+def raw_ct2(translator, tokenizer, sources, settings, batch_size):
+    """The plain CTranslate2 loop: tokens in, translate_batch, tokens out."""
+    suppress = [[tokenizer.convert_ids_to_tokens(i)] for i in settings.get("suppress_tokens") or []]
+    tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(sources)["input_ids"]]
+    results = translator.translate_batch(tokens, beam_size=settings["num_beams"], max_batch_size=batch_size,
+                                         max_decoding_length=settings["max_new_tokens"],
+                                         suppress_sequences=suppress or None)
+    outputs = [tokenizer.decode(tokenizer.convert_tokens_to_ids(r.hypotheses[0]), skip_special_tokens=True).strip()
+               for r in results]
+    return outputs, None
 
 
 def timed(fn, *args):
     start = time.perf_counter()
     result = fn(*args)
+    if fn is ours_ct2:  # it times itself, without its set-up
+        return (result[0], None), result[1]
     return result, time.perf_counter() - start
 
 
@@ -128,6 +156,7 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip_per_example_beam", action="store_true", help="(a) for greedy only")
+    parser.add_argument("--ct2", action="store_true", help="add CTranslate2 rows (pip install ctranslate2)")
     args = parser.parse_args()
 
     import torch
@@ -145,6 +174,15 @@ def main() -> None:
           f"p50 {lengths[len(lengths) // 2]} max {lengths[-1]}, {torch.get_num_threads()} threads, "
           f"batch_size {args.batch_size}, max_new_tokens {args.max_new_tokens}")
 
+    if args.ct2:
+        import ctranslate2
+
+        from hf_encdec.ct2 import converted_model
+        from hf_encdec.generation import LoadedModel
+
+        loaded = LoadedModel(model, tokenizer, path=str(model_dir))
+        translator = ctranslate2.Translator(str(converted_model(loaded)), intra_threads=torch.get_num_threads())
+
     rows = []
     for name, beams in (("greedy", 1), ("beam", 4)):
         settings = {"max_new_tokens": args.max_new_tokens, "num_beams": beams}
@@ -156,22 +194,31 @@ def main() -> None:
         runs["(b) fixed batches"] = timed(fixed_batches, model, tokenizer, sources, settings, args.batch_size, False)
         runs["(b') sorted batches"] = timed(fixed_batches, model, tokenizer, sources, settings, args.batch_size, True)
         runs["(c) hf_encdec"] = timed(ours, model, tokenizer, sources, settings, name, args.max_tokens)
+        if args.ct2:
+            raw_settings = {**settings, "suppress_tokens": model.generation_config.suppress_tokens}
+            runs["(ct2) raw translate_batch"] = timed(raw_ct2, translator, tokenizer, sources, raw_settings,
+                                                      args.batch_size)
+            runs["(c) hf_encdec --backend ct2"] = timed(ours_ct2, loaded, sources, settings, name, args.max_tokens)
         baseline = runs["(b) fixed batches"][1]
         sorted_time = runs["(b') sorted batches"][1]
         reference = runs.get("(a) per example", runs["(b) fixed batches"])[0][0]
+        ct2_raw = runs.get("(ct2) raw translate_batch", (None, None))[1]
         for label, ((outputs, tokens), seconds) in runs.items():
             tokens = tokens or runs["(b) fixed batches"][0][1]
             same = sum(o == r for o, r in zip(outputs, reference))
-            rows.append((name, label, tokens / seconds, seconds, baseline / seconds, sorted_time / seconds,
+            vs_ct2 = f"{ct2_raw / seconds:.2f}" if ct2_raw else "-"
+            rows.append((name, label, tokens / seconds, seconds, baseline / seconds, sorted_time / seconds, vs_ct2,
                          f"{same}/{len(outputs)}"))
         if beams == 1:
-            identical = runs["(c) hf_encdec"][0][0] == runs["(a) per example"][0][0]
-            print(f"greedy outputs of (c) identical to (a): {identical}")
+            for label in ("(c) hf_encdec", "(c) hf_encdec --backend ct2"):
+                if label in runs:
+                    identical = runs[label][0][0] == runs["(a) per example"][0][0]
+                    print(f"greedy outputs of {label} identical to (a): {identical}")
 
-    print(f"\n| preset | method | tokens/s | seconds | × (b) | × (b') | same as (a) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for name, label, speed, seconds, vs_b, vs_sorted, same in rows:
-        print(f"| {name} | {label} | {speed:.0f} | {seconds:.2f} | {vs_b:.2f} | {vs_sorted:.2f} | {same} |")
+    print("\n| preset | method | tokens/s | seconds | × (b) | × (b') | × raw ct2 | same as (a) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, label, speed, seconds, vs_b, vs_sorted, vs_ct2, same in rows:
+        print(f"| {name} | {label} | {speed:.0f} | {seconds:.2f} | {vs_b:.2f} | {vs_sorted:.2f} | {vs_ct2} | {same} |")
 
 
 if __name__ == "__main__":

@@ -251,3 +251,29 @@ def test_evaluate_scores_a_file_with_references(tiny_models, pair_files, tmp_pat
         tiny_models["bart"], [r["source"] for r in rows], max_new_tokens=6, num_beams=4, early_stopping=True)
     assert hf_encdec.evaluate(str(tiny_models["bart"]), str(pair_files["test"]), "beam", max_new_tokens=6,
                               metrics=["bleu", "exact_match"]) == printed
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_ct2_backend_matches_transformers_and_caches_the_conversion(family, tiny_models, tmp_path, caplog):
+    pytest.importorskip("ctranslate2")
+    model = tmp_path / family
+    shutil.copytree(tiny_models[family], model)
+    expected = reference_predictions(model, SOURCES, max_new_tokens=8)
+    with caplog.at_level("INFO", logger="hf_encdec"):
+        assert hf_encdec.generate(str(model), SOURCES, backend="ct2", max_new_tokens=8, max_tokens=40) == expected
+    assert (tmp_path / f"{family}.ct2" / "model.bin").is_file() and "converting" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="hf_encdec"):
+        nbest = hf_encdec.generate(str(model), SOURCES[:3], "nbest", backend="ct2", max_new_tokens=6)
+    assert "converting" not in caplog.text  # converted once, then reused
+    assert [len(hypotheses) for hypotheses in nbest] == [5, 5, 5]
+    scores = [score for _, score in nbest[0]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_ct2_backend_refuses_what_it_cannot_do(tiny_models, tmp_path):
+    pytest.importorskip("ctranslate2")
+    from hf_encdec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="typical_p"):
+        hf_encdec.generate(str(tiny_models["t5"]), SOURCES[:1], "sample", backend="ct2", typical_p=0.5)
