@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = did_you_mean(command, COMMANDS) or f"commands: {', '.join(COMMANDS)}"
         print(f"hf-encdec: error: unknown command {command!r} ({hint})", file=sys.stderr)
         return 2
-    _setup_logging()
+    previous_logging = _setup_logging()
     try:
         return COMMANDS[command](args)
     except UserError as err:
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hf-encdec: interrupted", file=sys.stderr)
         return 130
+    finally:  # main() may run in-process (tests, notebooks): leave the caller's logging as it was
+        _restore_logging(previous_logging)
 
 
 def train_command(args: list[str]) -> int:
@@ -151,13 +153,23 @@ def options_help(command: str, class_name: str) -> str:
     return "\n".join(lines)
 
 
-def _setup_logging() -> None:
+def _setup_logging() -> tuple:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("hf_encdec")
+    previous = (list(logger.handlers), logger.level, logger.propagate)
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    return previous
+
+
+def _restore_logging(previous: tuple) -> None:
+    handlers, level, propagate = previous
+    logger = logging.getLogger("hf_encdec")
+    logger.handlers[:] = handlers
+    logger.setLevel(level)  # setLevel, not .level: it clears the level cache of child loggers
+    logger.propagate = propagate
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_command, "generate": generate_command,

@@ -165,6 +165,8 @@ def generate_file(options: GenerateOptions, overrides: dict[str, Any] | None = N
     if out_ext not in (".jsonl", ".txt") or out_gz:
         raise ConfigError("the output must be a .jsonl or .txt file", key="output", path=options.output)
     refuse_finished(options.output, options.overwrite)  # before the model loads: fail fast
+    if options.window < 1:
+        raise ConfigError(f"must be a positive number of rows, got {options.window}", key="window")
     loaded = load_model(options.model, trust_remote_code=options.trust_remote_code)
     column = pick_source_column(loaded, options.input, options.source_column)
     total = scan_input(options.input, column, options.on_error)

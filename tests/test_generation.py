@@ -277,3 +277,40 @@ def test_ct2_backend_refuses_what_it_cannot_do(tiny_models, tmp_path):
 
     with pytest.raises(ConfigError, match="typical_p"):
         hf_encdec.generate(str(tiny_models["t5"]), SOURCES[:1], "sample", backend="ct2", typical_p=0.5)
+
+
+def test_a_lora_adapter_directory_generates_like_its_merged_model(tiny_models, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    base = AutoModelForSeq2SeqLM.from_pretrained(tiny_models["t5"])
+    adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["q", "v"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    adapted.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_models["t5"]).save_pretrained(adapter)
+    assert (adapter / "adapter_config.json").exists()
+    merged_dir = tmp_path / "merged"
+    adapted.merge_and_unload().save_pretrained(merged_dir)
+    AutoTokenizer.from_pretrained(tiny_models["t5"]).save_pretrained(merged_dir)
+    expected = hf_encdec.generate(str(merged_dir), SOURCES[:8], max_new_tokens=6)
+    assert hf_encdec.generate(str(adapter), SOURCES[:8], max_new_tokens=6) == expected
+    assert expected != hf_encdec.generate(str(tiny_models["t5"]), SOURCES[:8], max_new_tokens=6)
+
+
+def test_a_warm_started_pair_generates(tmp_path):
+    from conftest import _tokenizer
+    from transformers import BertConfig, BertLMHeadModel, BertModel, EncoderDecoderModel
+
+    tokenizer = _tokenizer("t5")
+    sizes = {"vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
+             "intermediate_size": 64, "pad_token_id": tokenizer.pad_token_id}
+    model = EncoderDecoderModel(encoder=BertModel(BertConfig(**sizes)),
+                                decoder=BertLMHeadModel(BertConfig(**sizes, is_decoder=True, add_cross_attention=True)))
+    for key, value in {"decoder_start_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id,
+                       "eos_token_id": tokenizer.eos_token_id}.items():
+        setattr(model.config, key, value)
+        setattr(model.generation_config, key, value)
+    model.save_pretrained(tmp_path / "pair")
+    tokenizer.save_pretrained(tmp_path / "pair")
+    expected = reference_predictions(tmp_path / "pair", SOURCES[:10], max_new_tokens=6)
+    assert hf_encdec.generate(str(tmp_path / "pair"), SOURCES[:10], max_new_tokens=6, max_tokens=20) == expected
