@@ -147,9 +147,11 @@ def options_help(command: str, class_name: str) -> str:
     for f in dataclasses.fields(getattr(jobs, class_name)):
         default = "required" if f.default is dataclasses.MISSING else f"default: {f.default!r}"
         lines.append(f"  --{f.name:<20} {f.metadata['help']} ({default})")
-    lines += ["", "Any GenerationConfig field overrides the preset: --num_beams 6, --num_return_sequences 3, "
-              "--max_new_tokens 64 ...", "presets: greedy, beam, beam-long, sample, nbest, the model's saved "
-              "presets (presets/<name>.json) and yours (--presets FILE)"]
+    lines += ["",
+              ("Any GenerationConfig field overrides the preset: --num_beams 6, --num_return_sequences 3, "
+               "--max_new_tokens 64 ..."),
+              ("presets: greedy, beam, beam-long, sample, nbest, the model's saved presets (presets/<name>.json) "
+               "and yours (--presets FILE)")]
     return "\n".join(lines)
 
 

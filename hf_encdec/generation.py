@@ -95,17 +95,20 @@ def resolve_preset(loaded: LoadedModel, name: str | None, *, presets_file: str |
     return make_preset(name, base=base, user_presets=user, overrides=overrides, trust_remote_code=trust_remote_code)
 
 
+def check_batching(max_tokens: int | None, batch_size: int | None, max_source_length: int | None) -> None:
+    if max_tokens is not None and batch_size is not None:
+        raise ConfigError("give max_tokens or batch_size, not both", key="max_tokens")
+    for key, value in (("max_tokens", max_tokens), ("batch_size", batch_size), ("max_source_length", max_source_length)):
+        if value is not None and value < 1:
+            raise ConfigError(f"must be a positive number, got {value}", key=key)
+
+
 class Generator:
     """Generates for a window of sources at a time and gives the predictions back in input order."""
 
     def __init__(self, loaded: LoadedModel, generation_config, *, max_tokens: int | None = None,
                  batch_size: int | None = None, max_source_length: int | None = None, seed: int = 42):
-        if max_tokens is not None and batch_size is not None:
-            raise ConfigError("give max_tokens or batch_size, not both", key="max_tokens")
-        for key, value in (("max_tokens", max_tokens), ("batch_size", batch_size),
-                           ("max_source_length", max_source_length)):
-            if value is not None and value < 1:
-                raise ConfigError(f"must be a positive number, got {value}", key=key)
+        check_batching(max_tokens, batch_size, max_source_length)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.nbest = (generation_config.num_return_sequences or 1) > 1
         # Output settings go on a copy: generate() warns when a config and keyword settings are mixed.
@@ -116,7 +119,7 @@ class Generator:
         width = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
         self.max_tokens = None if batch_size else max(1, (max_tokens or DEFAULT_MAX_TOKENS) // width)
         self.batch_size = batch_size
-        self.max_source_length = max_source_length or _position_limit(self.model, self.tokenizer)
+        self.max_source_length = max_source_length or _position_limit(self.model)
         self.seed = seed
         self.truncated = 0
         self.oom_splits = 0
@@ -197,17 +200,18 @@ def make_generator(loaded: LoadedModel, generation_config, *, backend: str = "tr
         raise ConfigError(f"unknown backend {backend!r}", key="backend", hint=f"choose one of {', '.join(BACKENDS)}")
     if backend == "transformers":
         return Generator(loaded, generation_config, **settings)
+    check_batching(settings.get("max_tokens"), settings.get("batch_size"), settings.get("max_source_length"))
     try:
         from .ct2 import Ct2Generator
     except ImportError as err:
         raise ConfigError("--backend ct2 needs CTranslate2", key="backend", hint="pip install ctranslate2") from err
-    max_source_length = settings.get("max_source_length") or _position_limit(loaded.model, loaded.tokenizer)
+    max_source_length = settings.get("max_source_length") or _position_limit(loaded.model)
     return Ct2Generator(loaded, generation_config, max_tokens=None if settings.get("batch_size") else (
         settings.get("max_tokens") or DEFAULT_MAX_TOKENS), batch_size=settings.get("batch_size"),
         max_source_length=max_source_length, seed=settings.get("seed", 42))
 
 
-def _position_limit(model, tokenizer) -> int | None:
+def _position_limit(model) -> int | None:
     limit = getattr(model.config, "max_position_embeddings", None)
     encoder = getattr(model.config, "encoder", None)  # a warm-started pair keeps it on its encoder config
     if limit is None and encoder is not None:

@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DataError, did_you_mean
-from .generation import (BACKENDS, DEFAULT_WINDOW, Generator, LoadedModel, load_model, make_generator, prefix_for,
-                         resolve_preset)
+from .generation import (
+    BACKENDS,
+    DEFAULT_WINDOW,
+    Generator,
+    LoadedModel,
+    load_model,
+    make_generator,
+    prefix_for,
+    resolve_preset,
+)
 from .resumable import ResumableOutput, refuse_finished
 from .streaming import TEXT_COLUMN, Row, check_input, first_columns, input_format, iter_rows, source_of
 

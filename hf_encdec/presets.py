@@ -135,7 +135,7 @@ def _preset_fields(name: str, user_presets: dict[str, dict] | None) -> dict[str,
 
 def check_fields(name: str, fields: dict[str, Any]) -> None:
     known = generation_fields()
-    for field, value in fields.items():
+    for field in fields:
         if field not in known:
             hint = did_you_mean(field, known) or "see transformers' GenerationConfig for the fields"
             raise ConfigError(f"preset {name!r}: GenerationConfig has no field {field!r}", key=field, hint=hint)
