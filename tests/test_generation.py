@@ -315,3 +315,9 @@ def test_a_warm_started_pair_generates(tmp_path):
     tokenizer.save_pretrained(tmp_path / "pair")
     expected = reference_predictions(tmp_path / "pair", SOURCES[:10], max_new_tokens=6)
     assert hf_encdec.generate(str(tmp_path / "pair"), SOURCES[:10], max_new_tokens=6, max_tokens=20) == expected
+
+
+def test_generate_help_does_not_import_torch():
+    code = ("import sys; from hf_encdec.cli import main; main(['generate', '--help']); main(['evaluate', '--help']); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=REPO)
