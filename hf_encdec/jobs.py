@@ -175,6 +175,7 @@ def generate_file(options: GenerateOptions, overrides: dict[str, Any] | None = N
     refuse_finished(options.output, options.overwrite)  # before the model loads: fail fast
     if options.window < 1:
         raise ConfigError(f"must be a positive number of rows, got {options.window}", key="window")
+    _refuse_several_processes()
     loaded = load_model(options.model, trust_remote_code=options.trust_remote_code)
     column = pick_source_column(loaded, options.input, options.source_column)
     total = scan_input(options.input, column, options.on_error)
@@ -201,6 +202,16 @@ def generate_file(options: GenerateOptions, overrides: dict[str, Any] | None = N
     output.finish()
     _report(options.output, stats, generator)
     return stats
+
+
+def _refuse_several_processes() -> None:
+    # Each process would write the whole output into the same file; splitting the input across
+    # processes (with one ordered output) is not implemented yet.
+    from accelerate import PartialState
+
+    if PartialState().num_processes > 1:
+        raise ConfigError("generate runs as one process, not under a multi-process accelerate launch",
+                          hint="run `hf-encdec generate ...` directly; it uses the device accelerate picks")
 
 
 def _file_identity(path: str) -> dict[str, Any]:
