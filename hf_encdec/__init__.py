@@ -1,8 +1,10 @@
 """hf-encdec: fine-tune Hugging Face encoder-decoder models with one command.
 
 The public API mirrors the CLI: `train(config)` takes a RunConfig, a dict of flat keys, or a
-recipe path; `push(model_dir, repo_id)` uploads a finished run to the Hub. Heavy libraries load on
-first use, so `import hf_encdec` stays cheap.
+recipe path; `generate(model, inputs, preset=...)` runs a model over sources, in order;
+`evaluate(model, data_file, preset=...)` scores it on a file with references; `push(model_dir,
+repo_id)` uploads a finished run to the Hub. Heavy libraries load on first use, so
+`import hf_encdec` stays cheap.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ if TYPE_CHECKING:
     from .training import TrainResult
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "DataError", "HubError", "ModelError", "RunConfig", "UserError", "load_config", "push",
+__all__ = ["ConfigError", "DataError", "HubError", "ModelError", "RunConfig", "UserError", "evaluate", "generate",
+           "load_config", "push",
            "train"]
 
 
@@ -34,3 +37,18 @@ def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None, re
 
     return _push(model_dir, repo_id, private=private, revision=revision, commit_message=commit_message,
                  merge_lora=merge_lora, token=token)
+
+
+def generate(model: Any, inputs: Any, preset: str | None = None, **options: Any) -> Any:
+    """Predictions in input order: a list for a list, an iterator for any other iterable."""
+    from .generation import generate as _generate
+
+    return _generate(model, inputs, preset, **options)
+
+
+def evaluate(model: str, data: str, preset: str | None = None, **options: Any) -> dict[str, Any]:
+    """Generate for a file with references and return the task's metrics."""
+    from .jobs import EvaluateOptions, evaluate_file, split_options
+
+    known, overrides = split_options(EvaluateOptions, {"model": model, "data": data, "preset": preset, **options})
+    return evaluate_file(EvaluateOptions(**known), overrides)

@@ -7,6 +7,7 @@ Heavy libraries (torch, transformers) are imported by the commands, never here, 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import traceback
@@ -28,6 +29,10 @@ commands:
        [--private] [--revision BRANCH]    generation config and presets, run_config.yaml,
        [--commit_message M]               metrics.json, model card; the token comes from
        [--merge_lora]                     HF_TOKEN or `hf auth login`
+  generate --model DIR --input FILE --output FILE [--preset NAME] [--max_tokens N | --batch_size N]
+                                          run a model over a file: ordered, resumable, token-budget batches
+  evaluate --model DIR --data FILE [--preset NAME]
+                                          score a model on a file with references (the task's metrics)
 
 examples:
   hf-encdec train tasks/quickstart.yaml
@@ -36,6 +41,9 @@ examples:
   hf-encdec train --help                  every key, with its meaning
   hf-encdec merge --model runs/t5-lora
   hf-encdec push --model runs/quickstart --repo_id me/dates-t5 --private
+  hf-encdec generate --model runs/quickstart --input dates.txt --output out.jsonl --preset beam
+  hf-encdec generate --model runs/x --input in.jsonl --output nbest.jsonl --preset nbest --num_beams 8
+  hf-encdec evaluate --model runs/x --data test.jsonl --preset beam
 
 exit codes: 0 success, 2 a user error (one line says what, where and how to fix it),
 1 an internal failure. --debug shows the traceback of user errors too.
@@ -54,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = did_you_mean(command, COMMANDS) or f"commands: {', '.join(COMMANDS)}"
         print(f"hf-encdec: error: unknown command {command!r} ({hint})", file=sys.stderr)
         return 2
-    _setup_logging()
+    previous_logging = _setup_logging()
     try:
         return COMMANDS[command](args)
     except UserError as err:
@@ -65,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hf-encdec: interrupted", file=sys.stderr)
         return 130
+    finally:  # main() may run in-process (tests, notebooks): leave the caller's logging as it was
+        _restore_logging(previous_logging)
 
 
 def train_command(args: list[str]) -> int:
@@ -152,12 +162,58 @@ def merge_command(args: list[str]) -> int:
     return 0
 
 
-def _setup_logging() -> None:
+def generate_command(args: list[str]) -> int:
+    from .config import parse_overrides
+
+    if "-h" in args or "--help" in args:
+        print(options_help("generate", "GenerateOptions"))
+        return 0
+    from .jobs import GenerateOptions, generate_file, split_options
+
+    options, overrides = split_options(GenerateOptions, parse_overrides(args))
+    generate_file(GenerateOptions(**options), overrides)
+    return 0
+
+
+def evaluate_command(args: list[str]) -> int:
+    from .config import parse_overrides
+
+    if "-h" in args or "--help" in args:
+        print(options_help("evaluate", "EvaluateOptions"))
+        return 0
+    from .jobs import EvaluateOptions, evaluate_file, split_options
+
+    options, overrides = split_options(EvaluateOptions, parse_overrides(args))
+    metrics = evaluate_file(EvaluateOptions(**options), overrides)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def options_help(command: str, class_name: str) -> str:
+    import dataclasses
+
+    from . import jobs
+
+    lines = [f"usage: hf-encdec {command} --key value ...", ""]
+    for f in dataclasses.fields(getattr(jobs, class_name)):
+        default = "required" if f.default is dataclasses.MISSING else f"default: {f.default!r}"
+        lines.append(f"  --{f.name:<20} {f.metadata['help']} ({default})")
+    lines += ["",
+              ("Any GenerationConfig field overrides the preset: --num_beams 6, --num_return_sequences 3, "
+               "--max_new_tokens 64 ..."),
+              ("presets: greedy, beam, beam-long, sample, nbest, the model's saved presets (presets/<name>.json) "
+               "and yours (--presets FILE)")]
+    return "\n".join(lines)
+
+
+def _setup_logging() -> tuple:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("hf_encdec")
+    previous = (list(logger.handlers), logger.level)
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
+    return previous
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -167,4 +223,13 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}", hint="see `hf-encdec push --help`")
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_command, "merge": merge_command, "push": push_command}
+def _restore_logging(previous: tuple) -> None:
+    handlers, level = previous
+    logger = logging.getLogger("hf_encdec")
+    logger.handlers[:] = handlers
+    logger.setLevel(level)  # setLevel, not .level: it clears the level cache of child loggers
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_command, "generate": generate_command,
+                                                   "evaluate": evaluate_command, "merge": merge_command,
+                                                   "push": push_command}

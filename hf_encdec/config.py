@@ -24,7 +24,7 @@ from .tasks import TASKS
 
 SECRET_KEYS = {"token", "hub_token"}
 # Data paths in a recipe are relative to the recipe file, so a recipe folder can be moved whole.
-RECIPE_RELATIVE_KEYS = ("train_file", "validation_file", "test_file")
+RECIPE_RELATIVE_KEYS = ("train_file", "validation_file", "test_file", "presets")
 
 
 @dataclass
@@ -136,6 +136,15 @@ class RunArguments:
     num_sample_predictions: int = field(default=5, metadata={"help": "Sample predictions printed at the end."})
     license: str | None = field(
         default=None, metadata={"help": "License of the trained model, for the model card (e.g. apache-2.0, mit)."}
+    )
+    preset: str | None = field(
+        default=None,
+        metadata={"help": "Decoding preset of the final evaluation, saved as generation_config.json "
+                  "(greedy, beam, beam-long, sample, nbest or your own); default from the task."},
+    )
+    eval_preset: str = field(default="greedy", metadata={"help": "Decoding preset of evaluations during training."})
+    presets: dict | str | None = field(
+        default=None, metadata={"help": "Your presets, {name: {GenerationConfig field: value}}, or a YAML/JSON file."}
     )
 
 
@@ -380,6 +389,7 @@ class RunConfig:
                             hint="set eval_strategy to epoch or steps")
             )
         problems.extend(self._adapter_problems())
+        problems.extend(self._preset_problems())
         if not problems:
             problems.extend(self._training_argument_problems())
         return problems
@@ -413,6 +423,15 @@ class RunConfig:
                                         hint="set peft: lora (QLoRA)"))
         return problems
 
+    def _preset_problems(self) -> list[ConfigError]:
+        from .presets import check_presets
+
+        task = TASKS.get(self.data.task)  # an unknown task is reported on its own
+        names = [self.run.eval_preset, self.run.preset or (task.default_preset if task else "greedy")]
+        beams = self.training.get("generation_num_beams")
+        return check_presets(names, self.run.presets, self.model.trust_remote_code,
+                             {"num_beams": beams} if beams else None)
+
     def _training_argument_problems(self) -> list[ConfigError]:
         try:
             self.training_arguments()
@@ -434,7 +453,7 @@ class RunConfig:
             flat.update(dataclasses.asdict(part))
         flat.update(self.training)
         for key in RECIPE_RELATIVE_KEYS:  # absolute, so the saved config works from any directory
-            if flat.get(key):
+            if isinstance(flat.get(key), str):
                 flat[key] = str(Path(flat[key]).absolute())
         return {k: v for k, v in flat.items() if k not in SECRET_KEYS and v is not None}
 

@@ -40,6 +40,7 @@ class TaskAdapter:
     default_metrics: ClassVar[tuple[str, ...]] = ("bleu", "chrf", "exact_match")
     best_metric: ClassVar[str] = "chrf"
     pipeline_tag: ClassVar[str] = "text2text-generation"
+    default_preset: ClassVar[str] = "greedy"  # decoding of the final evaluation and generation_config.json
 
     def source_texts(self, sources: list[str], prefix: str | None) -> list[str]:
         return [prefix + s for s in sources] if prefix else sources
@@ -76,6 +77,7 @@ class Translation(TaskAdapter):
     default_metrics = ("bleu", "chrf")
     best_metric = "bleu"
     pipeline_tag = "translation"
+    default_preset = "beam"
 
     def configure_tokenizer(self, tokenizer: Any, data: Any) -> dict[str, int]:
         settings = super().configure_tokenizer(tokenizer, data)
@@ -105,3 +107,4 @@ class Summarization(TaskAdapter):
     default_metrics = ("rouge",)
     best_metric = "rougeL"
     pipeline_tag = "summarization"
+    default_preset = "beam-long"

@@ -5,6 +5,7 @@ Read `train()` first; every step is a function below it, in the order it runs.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -18,6 +19,7 @@ from .adapters import apply_peft, quantization_config, save_merged
 from .config import RunConfig, load_config
 from .errors import ConfigError
 from .modeling import build_scratch, check_lengths, check_precision, count_parameters, load_pretrained, model_type_of
+from .presets import load_user_presets, make_preset, preset_names, save_presets
 from .tasks import TaskAdapter, get_task
 
 logger = logging.getLogger("hf_encdec.training")
@@ -54,17 +56,22 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     logger.info("data report:\n%s", data_lib.format_data_report(
         splits, lengths["source"], lengths["target"], config.data.max_source_length, config.data.max_target_length))
     set_generation_defaults(model, config, lengths["target"], generation_settings)
+    presets, final_preset = resolve_presets(model.generation_config, config, task)
+    model.generation_config = copy.deepcopy(presets[config.run.eval_preset])
     trainer = build_trainer(config, task, model, tokenizer, splits)
     if hub_target:
         hub.follow_checkpoints(trainer, hub_target, str(config.training.get("hub_strategy", "end")))
 
     trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+    model.generation_config = copy.deepcopy(presets[final_preset])  # saved as generation_config.json
     metrics = {"train": trainer.state.log_history[-1] if trainer.state.log_history else {},
                "model": describe_model(model, config)}
     samples: list[dict[str, str]] = []
     for name in ("validation", "test"):
         if name in splits:
             metrics[name], samples = predict_split(trainer, config, task, splits[name])
+    if trainer.is_world_process_zero():
+        save_presets(presets, config.output_dir)
     save_outputs(trainer, config, task, metrics, splits, lengths)
     hub_url = hub.push_after_training(config.output_dir, hub_target) if hub_target else None
     return TrainResult(config.output_dir, metrics, samples[: config.run.num_sample_predictions], hub_url)
@@ -230,6 +237,23 @@ def set_generation_defaults(model, config: RunConfig, target_lengths: dict[str, 
     generation.num_beams = config.training.get("generation_num_beams") or 1
     for key, value in settings.items():
         setattr(generation, key, value)
+
+
+def resolve_presets(base, config: RunConfig, task: TaskAdapter) -> tuple[dict[str, Any], str]:
+    """Every preset (built-in and the user's) on the model's generation settings; and the final one's name.
+
+    `num_beams` / `generation_num_beams` on the command line overrides the evaluation and final
+    presets, as it does in run_translation.py; the other saved presets keep their own beams.
+    """
+    user = load_user_presets(config.run.presets)
+    final = config.run.preset or task.default_preset
+    beams = config.training.get("generation_num_beams")
+    overrides = {"num_beams": beams} if beams else {}
+    trust = config.model.trust_remote_code
+    presets = {name: make_preset(name, base=base, user_presets=user, trust_remote_code=trust,
+                                 overrides=overrides if name in (final, config.run.eval_preset) else None)
+               for name in preset_names(user)}
+    return presets, final
 
 
 def tokenize_split(split: data_lib.Split, tokenizer, task: TaskAdapter, config: RunConfig):

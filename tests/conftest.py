@@ -200,3 +200,11 @@ def _restore_hf_encdec_logger():
     yield
     logger.handlers[:] = handlers
     logger.propagate, logger.level = propagate, level
+
+
+@pytest.fixture
+def recipe_smoke_args() -> list[str]:
+    """Flags that shrink a shipped recipe to a seconds-long smoke run on a tiny checkpoint."""
+    return ["--max_train_samples", "64", "--max_eval_samples", "8", "--max_predict_samples", "8",
+            "--max_steps", "2", "--per_device_train_batch_size", "8", "--eval_strategy", "no",
+            "--save_strategy", "no", "--early_stopping_patience", "null", "--preset", "greedy"]

@@ -13,9 +13,6 @@ from hf_encdec.cli import main
 from hf_encdec.errors import ConfigError
 
 MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
-RECIPE_SMOKE = ["--max_train_samples", "64", "--max_eval_samples", "8", "--max_predict_samples", "8",
-                "--max_steps", "2", "--per_device_train_batch_size", "8", "--eval_strategy", "no",
-                "--save_strategy", "no", "--early_stopping_patience", "null", "--generation_num_beams", "1"]
 
 # For each family: a module name that only cross-attention has.
 CROSS_ATTENTION = {"t5": "EncDecAttention", "bart": "encoder_attn", "marian": "encoder_attn"}
@@ -193,10 +190,10 @@ def test_merge_command_writes_a_plain_transformers_model(tiny_models, quick_args
 
 
 @pytest.mark.skipif(not (MULTI30K / "train.en.gz").exists(), reason="Multi30k is not beside the repository")
-def test_t5_lora_recipe_runs_against_a_local_checkpoint(tiny_models, tmp_path):
+def test_t5_lora_recipe_runs_against_a_local_checkpoint(tiny_models, tmp_path, recipe_smoke_args):
     recipe = str(Path(__file__).resolve().parents[1] / "tasks" / "t5-lora.yaml")
     code = main(["train", recipe, "--model_name_or_path", str(tiny_models["t5"]),
-                 "--output_dir", str(tmp_path / "lora"), *RECIPE_SMOKE])
+                 "--output_dir", str(tmp_path / "lora"), *recipe_smoke_args])
     assert code == 0
     assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["r"] == 16
 

@@ -91,16 +91,13 @@ def test_an_encoder_decoder_checkpoint_is_refused_as_a_half(tiny_pair_models, ti
 
 
 MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
-RECIPE_SMOKE = ["--max_train_samples", "64", "--max_eval_samples", "8", "--max_predict_samples", "8",
-                "--max_steps", "2", "--per_device_train_batch_size", "8", "--eval_strategy", "no",
-                "--save_strategy", "no", "--early_stopping_patience", "null", "--generation_num_beams", "1"]
 
 
 @pytest.mark.skipif(not (MULTI30K / "train.en.gz").exists(), reason="Multi30k is not beside the repository")
-def test_bert2bert_recipe_runs_against_local_checkpoints(tiny_pair_models, tmp_path):
+def test_bert2bert_recipe_runs_against_local_checkpoints(tiny_pair_models, tmp_path, recipe_smoke_args):
     bert = str(tiny_pair_models["bert"])
     recipe = str(Path(__file__).resolve().parents[1] / "tasks" / "bert2bert.yaml")
     code = main(["train", recipe, "--encoder_name_or_path", bert, "--decoder_name_or_path", bert,
-                 "--output_dir", str(tmp_path / "b2b"), *RECIPE_SMOKE])
+                 "--output_dir", str(tmp_path / "b2b"), *recipe_smoke_args])
     assert code == 0
     assert json.loads((tmp_path / "b2b" / "metrics.json").read_text())["data"]["train"]["rows"] == 64

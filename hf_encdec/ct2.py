@@ -1,0 +1,155 @@
+"""`--backend ct2`: the same presets, windows, ordering and resume, decoded by CTranslate2.
+
+CTranslate2 runs the decoder loop in C++ and drops finished sequences from the batch, which
+transformers' generate() cannot do. The model is converted once (`ct2-transformers-converter`
+underneath) and cached beside the source as `<model>.ct2/`; a LoRA adapter is merged first
+(load_model already merged it). A preset is translated field by field; a field CTranslate2
+has no equivalent for is an error naming it, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, ModelError
+
+logger = logging.getLogger("hf_encdec.generation")
+
+SOURCE_STAMP = "hf_encdec_source.json"  # which weights the cached conversion was made from
+# GenerationConfig fields with no CTranslate2 option, and the values that mean "unused".
+UNSUPPORTED = {"num_beam_groups": (None, 1), "penalty_alpha": (None, 0), "typical_p": (None, 1.0),
+               "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0), "min_p": (None,), "constraints": (None,),
+               "force_words_ids": (None,), "bad_words_ids": (None,), "encoder_no_repeat_ngram_size": (None, 0),
+               "exponential_decay_length_penalty": (None,), "diversity_penalty": (None, 0.0)}
+
+
+# Config fields CTranslate2's converter (4.x) still reads but transformers 5 no longer writes, by model
+# type, with the value the architecture always had: BART and mBART are post-norm (normalize_before false).
+CONVERTER_CONFIG_FIELDS = {"bart": {"normalize_before": False}, "mbart": {"normalize_before": True}}
+
+
+def converted_model(loaded) -> Path:
+    """The CTranslate2 copy of the model, converted now unless a conversion of the same weights is cached."""
+    if loaded.path is None:  # weights in memory may differ from any file: nothing safe to cache them under
+        raise ConfigError("backend ct2 needs the model as a directory or Hub id, not a loaded model", key="backend",
+                          hint="pass the model's path; it is converted once and cached beside it")
+    source = Path(loaded.path) if Path(loaded.path).is_dir() else None
+    if source is not None:
+        target = source.parent / f"{source.name}.ct2"
+    else:
+        target = Path.home() / ".cache" / "hf_encdec" / "ct2" / loaded.path.replace("/", "--")
+    stamp = _weights_stamp(source)
+    if (target / "model.bin").is_file() and (target / SOURCE_STAMP).is_file() and \
+            json.loads((target / SOURCE_STAMP).read_text()) == stamp:
+        return target
+    _convert(loaded, target, stamp)
+    return target
+
+
+def _weights_stamp(source: Path | None) -> dict[str, Any]:
+    if source is None:
+        return {}
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(source.glob("*.safetensors"))}
+
+
+def _convert(loaded, target: Path, stamp: dict[str, Any]) -> None:
+    import ctranslate2
+
+    logger.info("converting the model for CTranslate2 into %s (once)", target)
+    with tempfile.TemporaryDirectory() as work:
+        # Saved from memory: a merged LoRA model and a local model convert the same way.
+        loaded.model.save_pretrained(work)
+        loaded.tokenizer.save_pretrained(work)
+        config_file = Path(work) / "config.json"
+        config = json.loads(config_file.read_text())
+        config_file.write_text(json.dumps({**CONVERTER_CONFIG_FIELDS.get(config.get("model_type"), {}), **config}))
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            ctranslate2.converters.TransformersConverter(work).convert(str(partial), force=True)
+        except (ValueError, NotImplementedError, OSError, AttributeError, KeyError) as err:
+            raise ModelError(f"CTranslate2 cannot convert this model: {str(err).splitlines()[0]}",
+                             key="backend", hint="use --backend transformers") from err
+    (partial / SOURCE_STAMP).write_text(json.dumps(stamp))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+
+
+def translate_options(config) -> dict[str, Any]:
+    """A GenerationConfig as translate_batch keyword arguments."""
+    for name, unused in UNSUPPORTED.items():
+        if getattr(config, name, None) not in unused:
+            raise ConfigError(f"CTranslate2 has no equivalent of {name}={getattr(config, name)!r}", key=name,
+                              hint="unset it, or use --backend transformers")
+    max_new = config.max_new_tokens or max(1, (config.max_length or 21) - 1)  # max_length counts the start token
+    options = {"beam_size": config.num_beams or 1, "num_hypotheses": config.num_return_sequences or 1,
+               "length_penalty": config.length_penalty if config.length_penalty is not None else 1.0,
+               "no_repeat_ngram_size": config.no_repeat_ngram_size or 0,
+               "repetition_penalty": config.repetition_penalty or 1.0, "max_decoding_length": max_new,
+               "min_decoding_length": config.min_new_tokens or max(0, (config.min_length or 0) - 1),
+               "return_scores": (config.num_return_sequences or 1) > 1, "max_input_length": 0}
+    if config.do_sample:
+        options.update(sampling_topk=config.top_k or 0, sampling_topp=config.top_p or 1.0,
+                       sampling_temperature=config.temperature or 1.0)
+    return options
+
+
+class Ct2Generator:
+    """Generator's interface (run_window in, predictions in input order out) over a CTranslate2 Translator."""
+
+    def __init__(self, loaded, generation_config, *, max_tokens: int | None, batch_size: int | None,
+                 max_source_length: int | None, seed: int = 42):
+        import ctranslate2
+        import torch
+
+        self.tokenizer = loaded.tokenizer
+        self.config = generation_config
+        self.options = translate_options(generation_config)
+        self.nbest = self.options["num_hypotheses"] > 1
+        self.max_tokens, self.batch_size = max_tokens, batch_size
+        self.max_source_length = max_source_length
+        self.seed = seed
+        self.truncated = 0
+        self.oom_splits = 0
+        self.prefix = self._token_list(generation_config.forced_bos_token_id)
+        self.suppress = [[t] for t in self._token_list(*(generation_config.suppress_tokens or []))]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.translator = ctranslate2.Translator(str(converted_model(loaded)), device=device,
+                                                 intra_threads=torch.get_num_threads())
+
+    def _token_list(self, *ids) -> list[str]:
+        return [self.tokenizer.convert_ids_to_tokens(i) for i in ids if i is not None]
+
+    def run_window(self, sources: list[str], window_index: int = 0):
+        import ctranslate2
+
+        from .generation import Prediction
+
+        if not sources:
+            return []
+        if self.config.do_sample:
+            ctranslate2.set_random_seed(self.seed + window_index)
+        ids = self.tokenizer(sources, truncation=False)["input_ids"]
+        if self.max_source_length:
+            self.truncated += sum(len(x) > self.max_source_length for x in ids)
+            ids = [x[: self.max_source_length - 1] + x[-1:] if len(x) > self.max_source_length else x for x in ids]
+        tokens = [self.tokenizer.convert_ids_to_tokens(x) for x in ids]
+        extra = {"target_prefix": [self.prefix] * len(tokens)} if self.prefix else {}
+        if self.suppress:
+            extra["suppress_sequences"] = self.suppress
+        # CTranslate2 sorts the window by length and cuts it by the same budget, in C++.
+        batching = ({"max_batch_size": self.batch_size, "batch_type": "examples"} if self.batch_size else
+                    {"max_batch_size": self.max_tokens, "batch_type": "tokens"})
+        results = self.translator.translate_batch(tokens, **self.options, **batching, **extra)
+        predictions = []
+        for result in results:
+            texts = [self.tokenizer.decode(self.tokenizer.convert_tokens_to_ids(h), skip_special_tokens=True).strip()
+                     for h in result.hypotheses]
+            scores = [round(s, 6) for s in result.scores] if self.nbest else None
+            predictions.append(Prediction(texts, scores, sum(len(h) for h in result.hypotheses)))
+        return predictions

@@ -1,0 +1,38 @@
+"""Token-budget batching: every example exactly once, within the budget, longest first."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from hf_encdec.batching import batch_by_size
+
+
+@pytest.mark.parametrize("max_tokens, max_sentences", [(64, None), (None, 5), (40, 3), (7, None)])
+def test_every_example_once_and_within_the_budget(max_tokens, max_sentences):
+    rng = random.Random(1)
+    lengths = [rng.choice([1, 2, 3, 5, 8, 13, 30]) for _ in range(200)]
+    batches = batch_by_size(lengths, max_tokens=max_tokens, max_sentences=max_sentences)
+    assert sorted(i for b in batches for i in b) == list(range(200))  # nothing dropped, nothing twice
+    for batch in batches:
+        widest = max(lengths[i] for i in batch)
+        if max_sentences:
+            assert len(batch) <= max_sentences
+        if max_tokens and len(batch) > 1:
+            assert len(batch) * widest <= max_tokens
+    firsts = [lengths[b[0]] for b in batches]
+    assert firsts == sorted(firsts, reverse=True)  # longest first
+
+
+def test_token_budget_gives_short_inputs_larger_batches_and_long_ones_their_own():
+    lengths = [2] * 40 + [50, 60]
+    batches = batch_by_size(lengths, max_tokens=40)
+    assert batches[0] == [41] and batches[1] == [40]  # longer than the budget: alone, never dropped
+    assert [len(b) for b in batches[2:]] == [20, 20]
+
+
+def test_required_multiple_keeps_batch_sizes_round_and_ties_in_input_order():
+    batches = batch_by_size([4] * 21, max_tokens=40, required_batch_size_multiple=8)
+    assert [len(b) for b in batches] == [8, 8, 5]
+    assert [i for b in batches for i in b] == list(range(21))
