@@ -163,30 +163,34 @@ def merge_command(args: list[str]) -> int:
 
 
 def generate_command(args: list[str]) -> int:
-    from .config import parse_overrides
+    parsed = _parse_job(args, "generate", "GenerateOptions")
+    if parsed:
+        from .jobs import generate_file
 
-    if "-h" in args or "--help" in args:
-        print(options_help("generate", "GenerateOptions"))
-        return 0
-    from .jobs import GenerateOptions, generate_file, split_options
-
-    options, overrides = split_options(GenerateOptions, parse_overrides(args))
-    generate_file(GenerateOptions(**options), overrides)
+        generate_file(*parsed)
     return 0
 
 
 def evaluate_command(args: list[str]) -> int:
+    parsed = _parse_job(args, "evaluate", "EvaluateOptions")
+    if parsed:
+        from .jobs import evaluate_file
+
+        print(json.dumps(evaluate_file(*parsed), indent=2))
+    return 0
+
+
+def _parse_job(args: list[str], command: str, class_name: str) -> tuple | None:
+    """(options, GenerationConfig overrides) of a generate/evaluate job; None after printing --help."""
+    if "-h" in args or "--help" in args:
+        print(options_help(command, class_name))
+        return None
+    from . import jobs
     from .config import parse_overrides
 
-    if "-h" in args or "--help" in args:
-        print(options_help("evaluate", "EvaluateOptions"))
-        return 0
-    from .jobs import EvaluateOptions, evaluate_file, split_options
-
-    options, overrides = split_options(EvaluateOptions, parse_overrides(args))
-    metrics = evaluate_file(EvaluateOptions(**options), overrides)
-    print(json.dumps(metrics, indent=2))
-    return 0
+    options_class = getattr(jobs, class_name)
+    options, overrides = jobs.split_options(options_class, parse_overrides(args))
+    return options_class(**options), overrides
 
 
 def options_help(command: str, class_name: str) -> str:
