@@ -225,6 +225,16 @@ def save_merged(model: Any, tokenizer: Any, output_dir: Any) -> None:
 
 def merge_saved(directory: str, output: str | None = None, base: str | None = None) -> str:
     """`hf-encdec merge`: a saved adapter merged into its base model, saved where transformers alone loads it."""
+    from pathlib import Path
+
+    model, tokenizer = load_with_adapter(directory, base)
+    target = Path(output) if output else Path(directory) / "merged"
+    save_merged(model, tokenizer, target)
+    return str(target)
+
+
+def load_with_adapter(directory: str, base: str | None = None, trust_remote_code: bool = False):
+    """A saved LoRA/IA3 run as (PeftModel on its base, tokenizer); a warm-started pair's base is rebuilt."""
     import json
     from pathlib import Path
 
@@ -247,19 +257,18 @@ def merge_saved(directory: str, output: str | None = None, base: str | None = No
         _, model = load_warm_start(args)
         tokenizer = PairTokenizer(tokenizer, decoder_tokenizer, decoder_tokenizer.eos_token_id)
     else:
-        model = _load_base(base or json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"])
-    model.generation_config = GenerationConfig.from_pretrained(str(run))  # the run's decoding, not the base's
-    model = PeftModel.from_pretrained(model, str(run))
-    target = Path(output) if output else run / "merged"
-    save_merged(model, tokenizer, target)
-    return str(target)
+        name = base or json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"]
+        model = _load_base(name, trust_remote_code)
+    if (run / "generation_config.json").is_file():  # the run's decoding, not the base's
+        model.generation_config = GenerationConfig.from_pretrained(str(run))
+    return PeftModel.from_pretrained(model, str(run)), tokenizer
 
 
-def _load_base(name: str):
+def _load_base(name: str, trust_remote_code: bool = False):
     from transformers import AutoModelForSeq2SeqLM
 
     try:
-        return AutoModelForSeq2SeqLM.from_pretrained(name, use_safetensors=True)
+        return AutoModelForSeq2SeqLM.from_pretrained(name, use_safetensors=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load the base model {name!r}: {str(err).splitlines()[0]}", key="base",
                          hint="pass --base with the base model's Hub id or local directory") from err

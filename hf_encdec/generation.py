@@ -66,15 +66,9 @@ def load_model(ref: str, *, trust_remote_code: bool = False) -> LoadedModel:
 
 
 def _load_adapter(directory: Path, trust_remote_code: bool):
-    from peft import AutoPeftModelForSeq2SeqLM
-    from transformers import AutoTokenizer
+    from .adapters import load_with_adapter
 
-    try:
-        model = AutoPeftModelForSeq2SeqLM.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load the LoRA adapter: {str(err).splitlines()[0]}", path=str(directory),
-                         hint="the adapter's base model must be reachable (a local path, or the Hub)") from err
+    model, tokenizer = load_with_adapter(str(directory), trust_remote_code=trust_remote_code)
     # Merged weights generate as fast as a full model: no adapter matmuls on every step.
     return model.merge_and_unload(), tokenizer
 

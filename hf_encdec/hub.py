@@ -139,13 +139,12 @@ def files_to_push(folder: Path) -> list[str]:
 
 def merge_adapter(folder: Path, target: Path) -> Path:
     """The run's LoRA adapter merged into its base model, as a plain transformers folder in `target`."""
-    from peft import AutoPeftModelForSeq2SeqLM
+    from .adapters import merge_saved
 
-    merged = AutoPeftModelForSeq2SeqLM.from_pretrained(str(folder)).merge_and_unload()
-    merged.save_pretrained(target)
-    # The weights and config.json come from the merge; the rest (tokenizer, the run's generation config
-    # and presets, run_config.yaml, metrics.json, the card) from the run.
-    from_merge = {p.name for p in target.iterdir()} - {"generation_config.json"}
+    merge_saved(str(folder), str(target))
+    # The weights, config.json, tokenizer(s) and generation config come from the merge; the rest
+    # (presets, run_config.yaml, metrics.json, the card) from the run.
+    from_merge = {p.relative_to(target).as_posix() for p in target.rglob("*")}
     for path in files_to_push(folder):
         if path not in from_merge and not path.startswith("adapter_"):
             (target / path).parent.mkdir(parents=True, exist_ok=True)
