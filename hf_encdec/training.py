@@ -311,7 +311,9 @@ def metric_names(config: RunConfig, task: TaskAdapter) -> list[str]:
 
 
 def build_trainer(config: RunConfig, task: TaskAdapter, model, tokenizer, splits):
-    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback
+
+    from .trainer import EncDecTrainer
 
     overrides: dict[str, Any] = {}
     callbacks = []
@@ -325,7 +327,7 @@ def build_trainer(config: RunConfig, task: TaskAdapter, model, tokenizer, splits
         label_pad_token_id=-100 if config.data.ignore_pad_token_for_loss else tokenizer.pad_token_id,
         pad_to_multiple_of=8 if (args.fp16 or args.bf16) else None,  # tensor-core friendly shapes
     )
-    return Seq2SeqTrainer(
+    return EncDecTrainer(
         model=model, args=args, data_collator=collator, processing_class=tokenizer, callbacks=callbacks,
         train_dataset=tokenize_split(splits["train"], tokenizer, task, config),
         eval_dataset=tokenize_split(splits["validation"], tokenizer, task, config),
