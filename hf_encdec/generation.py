@@ -23,6 +23,7 @@ import yaml
 
 from .batching import batch_by_size
 from .errors import ConfigError, ModelError
+from .shrinking import can_shrink, generate_shrinking, shrinking_config
 
 logger = logging.getLogger("hf_encdec.generation")
 
@@ -109,6 +110,9 @@ class Generator:
         self.config = copy.deepcopy(generation_config)
         self.config.return_dict_in_generate = True
         self.config.output_scores = self.nbest
+        self.shrink = can_shrink(self.config)
+        if self.shrink:
+            self.config = shrinking_config(self.config, self.model)
         # The budget counts decoder rows too: beam search (and n samples) multiplies every batch.
         width = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
         self.max_tokens = None if batch_size else max(1, (max_tokens or DEFAULT_MAX_TOKENS) // width)
@@ -158,11 +162,16 @@ class Generator:
         import torch
 
         batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.model.device)
-        with torch.inference_mode():
-            out = self.model.generate(**batch, generation_config=self.config)
-        sequences = out.sequences
-        texts = [t.strip() for t in self.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
         pad = self.config.pad_token_id
+        with torch.inference_mode():
+            if self.shrink:
+                out = None
+                rows = generate_shrinking(self.model, dict(batch), self.config)
+                sequences = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad or 0)
+            else:
+                out = self.model.generate(**batch, generation_config=self.config)
+                sequences = out.sequences
+        texts = [t.strip() for t in self.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
         tokens = (sequences[:, 1:] != pad).sum(dim=1).tolist() if pad is not None else [sequences.shape[1]] * len(texts)
         k = len(texts) // len(ids)
         scores = self._scores(out) if self.nbest else None
