@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
 import types
 import typing
@@ -132,6 +133,11 @@ class RunArguments:
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output_dir that holds a finished run."}
+    )
+    resume: bool = field(
+        default=True,
+        metadata={"help": "Continue an unfinished run in output_dir from its last complete checkpoint; "
+                  "false refuses to (resume_from_checkpoint: PATH picks one)."},
     )
     num_sample_predictions: int = field(default=5, metadata={"help": "Sample predictions printed at the end."})
     license: str | None = field(
@@ -388,6 +394,9 @@ class RunConfig:
                 ConfigError("early stopping needs evaluations", key="early_stopping_patience",
                             hint="set eval_strategy to epoch or steps")
             )
+        for key, value in t.items():  # torch would take a NaN learning rate and fail mid-setup with a traceback
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(ConfigError(f"must be a finite number, got {value}", key=key))
         problems.extend(self._adapter_problems())
         problems.extend(self._preset_problems())
         if not problems:
