@@ -21,6 +21,7 @@ from pathlib import Path
 logger = logging.getLogger("hf_encdec.checkpoints")
 
 STAGING_DIR = ".checkpoint-staging"
+FINAL_STAGING_DIR = ".final-staging"
 COMPLETE_MARKER = "hf_encdec_complete.json"
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -92,6 +93,26 @@ def rotate(run_dir: Path, save_total_limit: int | None, protected: list[str | No
             logger.info("deleting %s (save_total_limit=%d)", checkpoint, save_total_limit)
             shutil.rmtree(checkpoint)
             excess -= 1
+
+
+def move_into_place(staging: Path, out: Path) -> None:
+    """The final model, saved whole in `staging`, moved into output_dir one atomic rename at a time.
+
+    output_dir also holds the checkpoints and maybe the user's files, so it cannot be swapped whole.
+    The weights go last: until they are in place no model loads from output_dir, and metrics.json
+    (the finished marker) is written only after this returns.
+    """
+    # run_config.yaml records the arguments without pickle; a loader needs no training_args.bin.
+    (staging / "training_args.bin").unlink(missing_ok=True)
+    _fsync_tree(staging)
+    entries = sorted(staging.iterdir(), key=lambda p: p.suffix in (".safetensors", ".bin"))
+    for entry in entries:
+        target = out / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()
+    _fsync(out)
 
 
 def _fsync(path: Path) -> None:

@@ -115,7 +115,8 @@ def _forget_previous_run(out: Path) -> None:
     (out / FINISHED_MARKER).unlink(missing_ok=True)
     for checkpoint in checkpoints.checkpoint_dirs(out):
         shutil.rmtree(checkpoint)
-    shutil.rmtree(out / checkpoints.STAGING_DIR, ignore_errors=True)
+    for staging in (checkpoints.STAGING_DIR, checkpoints.FINAL_STAGING_DIR):
+        shutil.rmtree(out / staging, ignore_errors=True)
 
 
 def start_output_dir(config: RunConfig) -> None:
@@ -361,16 +362,18 @@ def save_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[st
     from .metrics import metric_signatures
 
     out = config.output_dir
-    trainer.save_model(str(out))
+    staging = out / checkpoints.FINAL_STAGING_DIR
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
+    trainer.save_model(str(staging))  # every rank: sharded saves gather the weights collectively
     trainer.save_state()  # trainer_state.json: the loss curve and evaluation history
     if not trainer.is_world_process_zero():
         return
     if config.adapter.peft:  # PeftModel.save_pretrained writes the adapter only
-        trainer.model.generation_config.save_pretrained(out)
+        trainer.model.generation_config.save_pretrained(staging)
         if config.adapter.merge_lora:
-            save_merged(trainer.model, trainer.processing_class, out / "merged")
-    # run_config.yaml records the arguments without pickle; a loader needs no training_args.bin.
-    (out / "training_args.bin").unlink(missing_ok=True)
+            save_merged(trainer.model, trainer.processing_class, staging / "merged")
+    checkpoints.move_into_place(staging, out)
     data_stats = {name: {"origin": split.origin, "rows": len(split), "dropped": split.dropped,
                          "source_tokens": data_lib.length_stats(lengths["source"][name], config.data.max_source_length),
                          "target_tokens": data_lib.length_stats(lengths["target"][name], config.data.max_target_length)}

@@ -136,3 +136,31 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(resuma
         assert all(torch.isfinite(t).all() for t in weights.values())
     if any(out.glob("checkpoint-*")):
         assert "--resume_from_checkpoint" in err
+
+
+def test_crash_during_the_final_save_leaves_no_model_that_loads(tiny_models, quick_args, monkeypatch):
+    from transformers import AutoModelForSeq2SeqLM
+
+    from hf_encdec import checkpoints
+
+    replace = os.replace
+
+    def crash_at_weights(source, target):
+        if Path(target).name == "model.safetensors":
+            raise OSError("simulated crash while moving the weights")
+        return replace(source, target)
+
+    monkeypatch.setattr(checkpoints.os, "replace", crash_at_weights)
+    args = {**quick_args, "model_name_or_path": str(tiny_models["bart"]), "test_file": None}
+    with pytest.raises(OSError, match="simulated crash"):
+        hf_encdec.train(args)
+    out = Path(args["output_dir"])
+    assert (out / "config.json").exists() and not (out / "model.safetensors").exists()
+    assert not (out / "metrics.json").exists()
+    with pytest.raises(OSError):
+        AutoModelForSeq2SeqLM.from_pretrained(out)
+
+    monkeypatch.setattr(checkpoints.os, "replace", replace)
+    hf_encdec.train({**args, "overwrite_output_dir": True})
+    assert AutoModelForSeq2SeqLM.from_pretrained(out) and (out / "metrics.json").exists()
+    assert not (out / checkpoints.FINAL_STAGING_DIR).exists() and not (out / "training_args.bin").exists()
