@@ -53,6 +53,11 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run code shipped with a Hub model. Off unless you trust it."}
     )
+    allow_pickle: bool = field(
+        default=False,
+        metadata={"help": "Load a checkpoint that only has pickle weights (pytorch_model.bin), with "
+                  "weights_only=True. Off: unpickling can run code hidden in the file."},
+    )
     use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (Rust) tokenizer."})
     encoder_name_or_path: str | None = field(
         default=None,
@@ -202,6 +207,25 @@ ALIASES: dict[str, str] = {
     "num_beams": "generation_num_beams",
     "evaluation_strategy": "eval_strategy",
 }
+
+
+# Seq2SeqTrainingArguments accepts zero or negative values for these and fails later, mid-setup, with a traceback.
+POSITIVE_TRAINING_KEYS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                          "num_train_epochs", "eval_steps", "save_steps", "logging_steps")
+
+
+def _training_value_problems(training: dict[str, Any]) -> list[ConfigError]:
+    problems = []
+    for key, value in training.items():  # torch takes a NaN learning rate and fails mid-setup
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(ConfigError(f"must be a finite number, got {value}", key=key))
+    for key in POSITIVE_TRAINING_KEYS:
+        value = training.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            problems.append(ConfigError(f"must be positive, got {value}", key=key))
+    if training.get("max_steps") == 0:
+        problems.append(ConfigError("must be positive (or -1 to train num_train_epochs), got 0", key="max_steps"))
+    return problems
 
 
 def _training_fields() -> dict[str, Any]:
@@ -394,9 +418,7 @@ class RunConfig:
                 ConfigError("early stopping needs evaluations", key="early_stopping_patience",
                             hint="set eval_strategy to epoch or steps")
             )
-        for key, value in t.items():  # torch would take a NaN learning rate and fail mid-setup with a traceback
-            if isinstance(value, float) and not math.isfinite(value):
-                problems.append(ConfigError(f"must be a finite number, got {value}", key=key))
+        problems.extend(_training_value_problems(t))
         problems.extend(self._adapter_problems())
         problems.extend(self._preset_problems())
         if not problems:

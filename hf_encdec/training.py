@@ -93,6 +93,9 @@ def check_output_dir(config: RunConfig) -> str | None:
     existing = out.parent if not out.exists() else out
     while not existing.exists():
         existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir is inside {existing}, which is a file", key="output_dir", path=str(out),
+                          hint="choose a directory path")
     if not _writable(existing):
         raise ConfigError("output_dir is not writable", key="output_dir", path=str(out),
                           hint="choose a directory you can write to")
@@ -105,9 +108,16 @@ def check_output_dir(config: RunConfig) -> str | None:
 
 
 def _writable(path: Path) -> bool:
-    import os
+    """Tried, not asked: os.access says yes to root on read-only or virtual filesystems."""
+    import tempfile
 
-    return os.access(path, os.W_OK)
+    if not path.is_dir():
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            return True
+    except OSError:
+        return False
 
 
 def _forget_previous_run(out: Path) -> None:
