@@ -102,10 +102,12 @@ def load_pretrained_config(model_args: Any):
             trust_remote_code=model_args.trust_remote_code,
         )
     except (OSError, ValueError) as err:
+        remote_code = "custom code" in str(err)
         raise ModelError(
             f"cannot load model {name!r}: {str(err).splitlines()[0]}",
             key="model_name_or_path",
-            hint="check the Hub id or local path; without network only local directories work",
+            hint="it runs its own Python code: pass --trust_remote_code true only if you trust its source"
+            if remote_code else "check the Hub id or local path; without network only local directories work",
         ) from err
     if not getattr(config, "is_encoder_decoder", False):
         raise ModelError(

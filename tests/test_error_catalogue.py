@@ -71,6 +71,16 @@ def _pickle_only_model(ctx: Context) -> str:
     return str(folder)
 
 
+def _remote_code_model(ctx: Context) -> str:
+    folder = ctx.tmp / "remote-code"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "planted", "is_encoder_decoder": True,
+        "auto_map": {"AutoConfig": "configuration_planted.PlantedConfig"}}))
+    (folder / "configuration_planted.py").write_text("raise SystemExit('remote code ran')\n")
+    return str(folder)
+
+
 # (case id, command line from the context, fragments the error line must hold)
 CASES = [
     # config
@@ -124,6 +134,7 @@ CASES = [
      ["max_source_length", "128 positions"]),
     ("tokenizer-without-pad-token", lambda c: c.args(tokenizer_name=str(c.models["gpt2"])),
      ["tokenizer_name", "no pad token"]),
+    ("remote-code-model", lambda c: c.args(model=_remote_code_model(c)), ["custom code", "--trust_remote_code true"]),
     ("pickle-only-weights", lambda c: c.args(model=_pickle_only_model(c)), ["pytorch_model.bin", "--allow_pickle"]),
 ]
 
