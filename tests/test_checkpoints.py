@@ -164,3 +164,39 @@ def test_crash_during_the_final_save_leaves_no_model_that_loads(tiny_models, qui
     hf_encdec.train({**args, "overwrite_output_dir": True})
     assert AutoModelForSeq2SeqLM.from_pretrained(out) and (out / "metrics.json").exists()
     assert not (out / checkpoints.FINAL_STAGING_DIR).exists() and not (out / "training_args.bin").exists()
+
+
+@pytest.mark.distributed
+def test_two_processes_stage_mark_and_resume_checkpoints(resumable_args, tmp_path):
+    """torchrun, 2 CPU processes (gloo): rank 0 killed while publishing; the rerun matches an uninterrupted run.
+
+    Compared on the checkpoint of the last step, written before the final evaluation: evaluation under
+    several processes is not this test's subject (it has its own tests).
+    """
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    # use_cpu: without it accelerate sees no multi-CPU launch and each process trains alone.
+    args = {**resumable_args, "max_steps": 9, "per_device_train_batch_size": 8, "use_cpu": True}
+
+    def run(output_dir: Path, **kill: int) -> subprocess.CompletedProcess:
+        flags = _flags({**args, "output_dir": str(output_dir)})
+        return subprocess.run([*launch, "train", *flags], env={**env, **{k.upper(): str(v) for k, v in kill.items()}},
+                              capture_output=True, text=True, timeout=600)
+
+    reference = tmp_path / "reference"
+    run(reference)
+    assert (reference / "checkpoint-9" / COMPLETE_MARKER).exists()
+    out = tmp_path / "run"
+    assert run(out, kill_in_save=6).returncode != 0
+    assert (out / STAGING_DIR / "checkpoint-6").is_dir()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert {p.name for p in (out / "checkpoint-3").glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+
+    resumed = run(out)
+    assert "resuming from" in resumed.stderr and "checkpoint-3" in resumed.stderr, resumed.stderr[-3000:]
+    assert (out / "checkpoint-9" / COMPLETE_MARKER).exists(), resumed.stderr[-3000:]
+    expected, got = _weights(reference / "checkpoint-9"), _weights(out / "checkpoint-9")
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    assert not any((out / STAGING_DIR).iterdir())
