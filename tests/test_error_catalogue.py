@@ -171,10 +171,10 @@ def test_catalogue_is_big_enough():
 def test_error_through_a_real_process(case, ctx):
     build, fragments = next(c[1:] for c in CASES if c[0] == case)
     done = subprocess.run([sys.executable, "-m", "hf_encdec", *build(ctx)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300, check=False)
     _assert_user_error(done.returncode, done.stderr, fragments)
     debug = subprocess.run([sys.executable, "-m", "hf_encdec", *build(ctx), "--debug"], capture_output=True,
-                           text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+                           text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300, check=False)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
