@@ -136,6 +136,11 @@ CASES = [
      ["tokenizer_name", "no pad token"]),
     ("remote-code-model", lambda c: c.args(model=_remote_code_model(c)), ["custom code", "--trust_remote_code true"]),
     ("pickle-only-weights", lambda c: c.args(model=_pickle_only_model(c)), ["pytorch_model.bin", "--allow_pickle"]),
+    ("generate-pickle-only-weights", lambda c: ["generate", "--model", _pickle_only_model(c), "--input",
+                                                c.file("in.txt", "red cat\n"), "--output", str(c.out / "o.jsonl")],
+     ["pytorch_model.bin", "--allow_pickle"]),
+    ("evaluate-data-missing", lambda c: ["evaluate", "--model", str(c.models["t5"]), "--data", str(c.tmp / "no.jsonl")],
+     ["no.jsonl", "not found"]),
 ]
 
 
