@@ -233,7 +233,8 @@ def merge_saved(directory: str, output: str | None = None, base: str | None = No
     return str(target)
 
 
-def load_with_adapter(directory: str, base: str | None = None, trust_remote_code: bool = False):
+def load_with_adapter(directory: str, base: str | None = None, trust_remote_code: bool = False,
+                      allow_pickle: bool = False):
     """A saved LoRA/IA3 run as (PeftModel on its base, tokenizer); a warm-started pair's base is rebuilt."""
     import json
     from pathlib import Path
@@ -243,6 +244,7 @@ def load_with_adapter(directory: str, base: str | None = None, trust_remote_code
     from transformers import GenerationConfig
 
     from .config import ModelArguments
+    from .modeling import weights_loading
     from .warm_start import PairTokenizer, load_tokenizers, load_warm_start
 
     run = Path(directory)
@@ -253,22 +255,26 @@ def load_with_adapter(directory: str, base: str | None = None, trust_remote_code
     tokenizer, decoder_tokenizer = load_tokenizers(str(run))
     if saved.get("encoder_name_or_path") and base is None:
         args = ModelArguments(encoder_name_or_path=saved["encoder_name_or_path"],
-                              decoder_name_or_path=saved["decoder_name_or_path"])
+                              decoder_name_or_path=saved["decoder_name_or_path"], allow_pickle=allow_pickle)
         _, model = load_warm_start(args)
         tokenizer = PairTokenizer(tokenizer, decoder_tokenizer, decoder_tokenizer.eos_token_id)
     else:
         name = base or json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = _load_base(name, trust_remote_code)
+        model = _load_base(name, trust_remote_code, allow_pickle)
     if (run / "generation_config.json").is_file():  # the run's decoding, not the base's
         model.generation_config = GenerationConfig.from_pretrained(str(run))
+    weights_loading(str(run), allow_pickle, key="model")  # peft reads adapter_model.bin with weights_only=True
     return PeftModel.from_pretrained(model, str(run)), tokenizer
 
 
-def _load_base(name: str, trust_remote_code: bool = False):
+def _load_base(name: str, trust_remote_code: bool = False, allow_pickle: bool = False):
     from transformers import AutoModelForSeq2SeqLM
 
+    from .modeling import weights_loading
+
+    loading = weights_loading(name, allow_pickle, key="base")
     try:
-        return AutoModelForSeq2SeqLM.from_pretrained(name, use_safetensors=True, trust_remote_code=trust_remote_code)
+        return AutoModelForSeq2SeqLM.from_pretrained(name, trust_remote_code=trust_remote_code, **loading)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load the base model {name!r}: {str(err).splitlines()[0]}", key="base",
                          hint="pass --base with the base model's Hub id or local directory") from err

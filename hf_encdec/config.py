@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
 import types
 import typing
@@ -51,6 +52,11 @@ class ModelArguments:
     token: str | None = field(default=None, metadata={"help": "Hub token (never written to run_config.yaml)."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run code shipped with a Hub model. Off unless you trust it."}
+    )
+    allow_pickle: bool = field(
+        default=False,
+        metadata={"help": "Load a checkpoint that only has pickle weights (pytorch_model.bin), with "
+                  "weights_only=True. Off: unpickling can run code hidden in the file."},
     )
     use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (Rust) tokenizer."})
     encoder_name_or_path: str | None = field(
@@ -133,6 +139,11 @@ class RunArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output_dir that holds a finished run."}
     )
+    resume: bool = field(
+        default=True,
+        metadata={"help": "Continue an unfinished run in output_dir from its last complete checkpoint; "
+                  "false refuses to (resume_from_checkpoint: PATH picks one)."},
+    )
     num_sample_predictions: int = field(default=5, metadata={"help": "Sample predictions printed at the end."})
     license: str | None = field(
         default=None, metadata={"help": "License of the trained model, for the model card (e.g. apache-2.0, mit)."}
@@ -196,6 +207,25 @@ ALIASES: dict[str, str] = {
     "num_beams": "generation_num_beams",
     "evaluation_strategy": "eval_strategy",
 }
+
+
+# Seq2SeqTrainingArguments accepts zero or negative values for these and fails later, mid-setup, with a traceback.
+POSITIVE_TRAINING_KEYS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                          "num_train_epochs", "eval_steps", "save_steps", "logging_steps")
+
+
+def _training_value_problems(training: dict[str, Any]) -> list[ConfigError]:
+    problems = []
+    for key, value in training.items():  # torch takes a NaN learning rate and fails mid-setup
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(ConfigError(f"must be a finite number, got {value}", key=key))
+    for key in POSITIVE_TRAINING_KEYS:
+        value = training.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            problems.append(ConfigError(f"must be positive, got {value}", key=key))
+    if training.get("max_steps") == 0:
+        problems.append(ConfigError("must be positive (or -1 to train num_train_epochs), got 0", key="max_steps"))
+    return problems
 
 
 def _training_fields() -> dict[str, Any]:
@@ -388,6 +418,7 @@ class RunConfig:
                 ConfigError("early stopping needs evaluations", key="early_stopping_patience",
                             hint="set eval_strategy to epoch or steps")
             )
+        problems.extend(_training_value_problems(t))
         problems.extend(self._adapter_problems())
         problems.extend(self._preset_problems())
         if not problems:

@@ -77,3 +77,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
 
 class HubError(UserError, OSError):
     """The Hub refused or could not be reached: no token, a rejected token, a repo that is not yours."""
+
+
+class NonFiniteLossError(UserError, ArithmeticError):
+    """The training loss became NaN or infinite: the run stops before the weights are spoiled."""

@@ -46,7 +46,7 @@ class Prediction:
     tokens: int  # generated tokens, for the throughput report
 
 
-def load_model(ref: str, *, trust_remote_code: bool = False) -> LoadedModel:
+def load_model(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
     """A model directory or Hub id: a full model, a LoRA adapter (merged for speed), or a warm-started pair."""
     from accelerate import PartialState
 
@@ -55,9 +55,10 @@ def load_model(ref: str, *, trust_remote_code: bool = False) -> LoadedModel:
 
     directory = Path(ref)
     if (directory / "adapter_config.json").is_file():
-        model, tokenizer = _load_adapter(directory, trust_remote_code)
+        model, tokenizer = _load_adapter(directory, trust_remote_code, allow_pickle)
     else:
-        tokenizer, model = load_pretrained(ModelArguments(model_name_or_path=ref, trust_remote_code=trust_remote_code))
+        tokenizer, model = load_pretrained(ModelArguments(model_name_or_path=ref, trust_remote_code=trust_remote_code,
+                                                          allow_pickle=allow_pickle))
     run_config = {}
     if (directory / "run_config.yaml").is_file():
         run_config = yaml.safe_load((directory / "run_config.yaml").read_text(encoding="utf-8")) or {}
@@ -66,10 +67,10 @@ def load_model(ref: str, *, trust_remote_code: bool = False) -> LoadedModel:
     return LoadedModel(model, tokenizer, run_config, ref)
 
 
-def _load_adapter(directory: Path, trust_remote_code: bool):
+def _load_adapter(directory: Path, trust_remote_code: bool, allow_pickle: bool):
     from .adapters import load_with_adapter
 
-    model, tokenizer = load_with_adapter(str(directory), trust_remote_code=trust_remote_code)
+    model, tokenizer = load_with_adapter(str(directory), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     # Merged weights generate as fast as a full model: no adapter matmuls on every step.
     return model.merge_and_unload(), tokenizer
 

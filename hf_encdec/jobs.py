@@ -59,6 +59,8 @@ class GenerateOptions:
     window: int = field(default=DEFAULT_WINDOW, metadata={"help": "Rows sorted together (and committed together)."})
     seed: int = field(default=42, metadata={"help": "Seed of sampling presets."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code (moved-out decoding methods)."})
+    allow_pickle: bool = field(default=False, metadata={"help": "Load pickle-only weights (pytorch_model.bin) "
+                                                        "with weights_only=True; off: unpickling can run code."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
     backend: str = field(default="transformers", metadata={
         "help": "transformers, or ct2: CTranslate2 (converted once, cached beside the model as <model>.ct2).",
@@ -80,6 +82,8 @@ class EvaluateOptions:
     output: str | None = field(default=None, metadata={"help": "Write the metrics to this .json file."})
     predictions: str | None = field(default=None, metadata={"help": "Write source/reference/prediction .jsonl."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code (moved-out decoding methods)."})
+    allow_pickle: bool = field(default=False, metadata={"help": "Load pickle-only weights (pytorch_model.bin) "
+                                                        "with weights_only=True; off: unpickling can run code."})
 
 
 def split_options(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -176,7 +180,8 @@ def generate_file(options: GenerateOptions, overrides: dict[str, Any] | None = N
     if options.window < 1:
         raise ConfigError(f"must be a positive number of rows, got {options.window}", key="window")
     _refuse_several_processes()
-    loaded = load_model(options.model, trust_remote_code=options.trust_remote_code)
+    loaded = load_model(options.model, trust_remote_code=options.trust_remote_code,
+                        allow_pickle=options.allow_pickle)
     column = pick_source_column(loaded, options.input, options.source_column)
     total = scan_input(options.input, column, options.on_error)
     config = resolve_preset(loaded, options.preset, presets_file=options.presets, overrides=overrides,
@@ -285,7 +290,8 @@ def evaluate_file(options: EvaluateOptions, overrides: dict[str, Any] | None = N
     from .metrics import check_metric_names, compute_metrics
     from .tasks import TASKS
 
-    loaded = load_model(options.model, trust_remote_code=options.trust_remote_code)
+    loaded = load_model(options.model, trust_remote_code=options.trust_remote_code,
+                        allow_pickle=options.allow_pickle)
     trained = loaded.run_config
     task = TASKS.get(trained.get("task", "text2text"), TASKS["text2text"])
     names = options.metrics or trained.get("metrics") or task.default_metrics

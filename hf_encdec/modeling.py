@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ModelError, did_you_mean
@@ -101,10 +102,12 @@ def load_pretrained_config(model_args: Any):
             trust_remote_code=model_args.trust_remote_code,
         )
     except (OSError, ValueError) as err:
+        remote_code = "custom code" in str(err)
         raise ModelError(
             f"cannot load model {name!r}: {str(err).splitlines()[0]}",
             key="model_name_or_path",
-            hint="check the Hub id or local path; without network only local directories work",
+            hint="it runs its own Python code: pass --trust_remote_code true only if you trust its source"
+            if remote_code else "check the Hub id or local path; without network only local directories work",
         ) from err
     if not getattr(config, "is_encoder_decoder", False):
         raise ModelError(
@@ -113,6 +116,27 @@ def load_pretrained_config(model_args: Any):
             hint="use a seq2seq checkpoint (T5, BART, Marian, Pegasus, M2M-100 ...)",
         )
     return config
+
+
+# Weight files that are Python pickles: loading one can run code planted in it.
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
+
+
+def weights_loading(name_or_path: str, allow_pickle: bool, key: str = "model_name_or_path") -> dict[str, Any]:
+    """from_pretrained arguments that load safetensors only, unless the user allows pickles (weights_only then).
+
+    Every loader (training, warm start, adapters' base, generate) goes through here, so a local
+    checkpoint with only pickle weights is refused with one message instead of a loader's "not found".
+    """
+    if allow_pickle:
+        return {"use_safetensors": None, "weights_only": True}
+    folder = Path(name_or_path)
+    pickles = [name for name in PICKLE_WEIGHTS if (folder / name).is_file()] if folder.is_dir() else []
+    if pickles and not any(folder.glob("*.safetensors")):
+        raise ModelError(f"{name_or_path} has only pickle weights ({pickles[0]}); unpickling can run code "
+                         "hidden in the file", key=key, hint="convert it to safetensors, or pass --allow_pickle true "
+                         "if you trust its source (it is then loaded with torch weights_only=True)")
+    return {"use_safetensors": True}
 
 
 def load_pretrained(model_args: Any, quantization_config: Any = None):
@@ -133,14 +157,14 @@ def load_pretrained(model_args: Any, quantization_config: Any = None):
                          key="tokenizer_name", hint="use a tokenizer that defines pad_token")
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(
-            model_args.model_name_or_path, config=config, use_safetensors=True,
-            quantization_config=quantization_config, **common
+            model_args.model_name_or_path, config=config, quantization_config=quantization_config,
+            **weights_loading(model_args.model_name_or_path, model_args.allow_pickle), **common
         )
     except (OSError, ValueError) as err:
         raise ModelError(
             f"cannot load weights of {model_args.model_name_or_path!r}: {str(err).splitlines()[0]}",
             key="model_name_or_path",
-            hint="only safetensors weights are loaded; convert pickle (.bin) checkpoints first",
+            hint="check that the folder holds model.safetensors",
         ) from err
     return tokenizer, model
 

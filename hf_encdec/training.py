@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import checkpoints, hub
 from . import data as data_lib
-from . import hub
 from .adapters import apply_peft, quantization_config, save_merged
 from .config import RunConfig, load_config
 from .errors import ConfigError
@@ -42,9 +42,9 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     model_type = model_type_of(config.model)
     check_precision(model_type, config.training)
     quantization = quantization_config(config.adapter)
-    check_output_dir(config)
+    choose_precision(config, model_type)  # before the resume check: the chosen precision is part of the run
+    resume_from = check_output_dir(config)
     hub_target = hub.check_push_access(config) if config.training.get("push_to_hub") else None
-    choose_precision(config, model_type)
 
     splits = load_splits(config, task)
     tokenizer, model = build_model(config, task, splits["train"], quantization)
@@ -62,7 +62,7 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     if hub_target:
         hub.follow_checkpoints(trainer, hub_target, str(config.training.get("hub_strategy", "end")))
 
-    trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+    trainer.train(resume_from_checkpoint=resume_from)
     model.generation_config = copy.deepcopy(presets[final_preset])  # saved as generation_config.json
     metrics = {"train": trainer.state.log_history[-1] if trainer.state.log_history else {},
                "model": describe_model(model, config)}
@@ -85,40 +85,48 @@ def as_config(config: RunConfig | dict[str, Any] | str) -> RunConfig:
     return RunConfig.from_dict(config, origin="train()")
 
 
-def check_output_dir(config: RunConfig) -> None:
-    """Refuse to mix a new run into a finished or unfinished one unless told to."""
+def check_output_dir(config: RunConfig) -> str | None:
+    """Refuse to mix a new run into a finished one unless told to; the checkpoint to resume from, if any."""
     out = config.output_dir
     if out.exists() and not out.is_dir():
         raise ConfigError("output_dir is a file", key="output_dir", path=str(out), hint="choose a directory path")
     existing = out.parent if not out.exists() else out
     while not existing.exists():
         existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir is inside {existing}, which is a file", key="output_dir", path=str(out),
+                          hint="choose a directory path")
     if not _writable(existing):
         raise ConfigError("output_dir is not writable", key="output_dir", path=str(out),
                           hint="choose a directory you can write to")
-    finished = (out / FINISHED_MARKER).exists()
-    checkpoints = sorted(out.glob("checkpoint-*")) if out.is_dir() else []
     if config.run.overwrite_output_dir:
-        _forget_previous_run(out, checkpoints)
-    elif finished:
+        _forget_previous_run(out)
+    elif (out / FINISHED_MARKER).exists():
         raise ConfigError("output_dir holds a finished run", key="output_dir", path=str(out),
                           hint="pass --overwrite_output_dir true or choose another --output_dir")
-    elif checkpoints and config.training.get("resume_from_checkpoint") is None:
-        raise ConfigError("output_dir holds checkpoints of an unfinished run", key="output_dir", path=str(out),
-                          hint="pass --resume_from_checkpoint true to continue it, or --overwrite_output_dir true")
+    return checkpoints.choose_resume(config)
 
 
 def _writable(path: Path) -> bool:
-    import os
+    """Tried, not asked: os.access says yes to root on read-only or virtual filesystems."""
+    import tempfile
 
-    return os.access(path, os.W_OK)
+    if not path.is_dir():
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            return True
+    except OSError:
+        return False
 
 
-def _forget_previous_run(out: Path, checkpoints: list[Path]) -> None:
+def _forget_previous_run(out: Path) -> None:
     # Only what a run of ours writes is removed: output_dir may be shared with the user's files.
     (out / FINISHED_MARKER).unlink(missing_ok=True)
-    for checkpoint in checkpoints:
+    for checkpoint in checkpoints.checkpoint_dirs(out):
         shutil.rmtree(checkpoint)
+    for staging in (checkpoints.STAGING_DIR, checkpoints.FINAL_STAGING_DIR):
+        shutil.rmtree(out / staging, ignore_errors=True)
 
 
 def start_output_dir(config: RunConfig) -> None:
@@ -335,13 +343,6 @@ def build_trainer(config: RunConfig, task: TaskAdapter, model, tokenizer, splits
     )
 
 
-def resume_checkpoint(config: RunConfig) -> str | bool | None:
-    value = config.training.get("resume_from_checkpoint")
-    if isinstance(value, str) and value.lower() in ("true", "last"):
-        return True  # Trainer picks the newest checkpoint-* in output_dir
-    return value
-
-
 def predict_split(trainer, config: RunConfig, task: TaskAdapter, split: data_lib.Split):
     """Final scores and predictions of one split, with the model as trained (or the best one)."""
     trainer.compute_metrics = GenerationMetrics(trainer.processing_class, metric_names(config, task), split.targets)
@@ -371,16 +372,18 @@ def save_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[st
     from .metrics import metric_signatures
 
     out = config.output_dir
-    trainer.save_model(str(out))
+    staging = out / checkpoints.FINAL_STAGING_DIR
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
+    trainer.save_model(str(staging))  # every rank: sharded saves gather the weights collectively
     trainer.save_state()  # trainer_state.json: the loss curve and evaluation history
     if not trainer.is_world_process_zero():
         return
     if config.adapter.peft:  # PeftModel.save_pretrained writes the adapter only
-        trainer.model.generation_config.save_pretrained(out)
+        trainer.model.generation_config.save_pretrained(staging)
         if config.adapter.merge_lora:
-            save_merged(trainer.model, trainer.processing_class, out / "merged")
-    # run_config.yaml records the arguments without pickle; a loader needs no training_args.bin.
-    (out / "training_args.bin").unlink(missing_ok=True)
+            save_merged(trainer.model, trainer.processing_class, staging / "merged")
+    checkpoints.move_into_place(staging, out)
     data_stats = {name: {"origin": split.origin, "rows": len(split), "dropped": split.dropped,
                          "source_tokens": data_lib.length_stats(lengths["source"][name], config.data.max_source_length),
                          "target_tokens": data_lib.length_stats(lengths["target"][name], config.data.max_target_length)}

@@ -111,6 +111,8 @@ def load_warm_start(model_args: Any, quantization_config: Any = None):
     """A PairTokenizer and an EncoderDecoderModel with its special tokens wired."""
     from transformers import AutoTokenizer, EncoderDecoderModel
 
+    from .modeling import weights_loading
+
     load_configs(model_args)
     hub = _hub_kwargs(model_args)
     encoder_tokenizer = _tokenizer(model_args.tokenizer_name or model_args.encoder_name_or_path, "encoder_name_or_path",
@@ -120,7 +122,10 @@ def load_warm_start(model_args: Any, quantization_config: Any = None):
                          key="encoder_name_or_path", hint="use an encoder whose tokenizer defines pad_token")
     decoder_tokenizer = _tokenizer(model_args.decoder_name_or_path, "decoder_name_or_path", model_args, AutoTokenizer)
     kwargs = {f"{part}_{key}": value for part in ("encoder", "decoder") for key, value in hub.items()}
-    kwargs.update(encoder_use_safetensors=True, decoder_use_safetensors=True)
+    for part in ("encoder", "decoder"):
+        name = getattr(model_args, f"{part}_name_or_path")
+        loading = weights_loading(name, model_args.allow_pickle, key=f"{part}_name_or_path")
+        kwargs.update({f"{part}_{k}": v for k, v in loading.items()})
     if quantization_config is not None:
         kwargs.update(encoder_quantization_config=quantization_config, decoder_quantization_config=quantization_config)
     try:
