@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data as data_lib
-from . import hub
+from . import distributed, hub
 from .adapters import apply_peft, quantization_config, save_merged
 from .config import RunConfig, load_config
 from .errors import ConfigError
@@ -38,6 +38,7 @@ class TrainResult:
 def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     """Fine-tune (or train from scratch) and write the output directory of DESIGN.md."""
     config = as_config(config)
+    arguments = distributed.prepare_training(config)
     task = get_task(config.data.task)
     model_type = model_type_of(config.model)
     check_precision(model_type, config.training)
@@ -53,8 +54,9 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
 
     start_output_dir(config)
     lengths = token_lengths(splits, tokenizer, task, config)
-    logger.info("data report:\n%s", data_lib.format_data_report(
-        splits, lengths["source"], lengths["target"], config.data.max_source_length, config.data.max_target_length))
+    logger.info("data report:\n%s\n%s", data_lib.format_data_report(
+        splits, lengths["source"], lengths["target"], config.data.max_source_length, config.data.max_target_length),
+        distributed.effective_batch(arguments))
     set_generation_defaults(model, config, lengths["target"], generation_settings)
     presets, final_preset = resolve_presets(model.generation_config, config, task)
     model.generation_config = copy.deepcopy(presets[config.run.eval_preset])
@@ -352,7 +354,7 @@ def predict_split(trainer, config: RunConfig, task: TaskAdapter, split: data_lib
     rows = [{"line": line, "source": source, "reference": reference, "prediction": prediction}
             for line, source, reference, prediction in
             zip(split.lines, split.sources, split.targets, trainer.compute_metrics.predictions)]
-    if split.name == "test":
+    if split.name == "test" and trainer.is_world_process_zero():
         write_jsonl(config.output_dir / "predictions.jsonl", rows)
     logger.info("%s: %s", split.name, json.dumps(metrics))
     return metrics, rows
