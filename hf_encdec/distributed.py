@@ -32,10 +32,22 @@ def launched_processes() -> int:
 
 
 def needs_cpu_backend() -> bool:
+    if launched_processes() == 1:
+        return False
     import torch
 
-    accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    return launched_processes() > 1 and not accelerator
+    return not (torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available())
+
+
+def join_cpu_processes() -> None:
+    """Without GPUs, make TrainingArguments join the launched processes over gloo (see the module doc).
+
+    Set before any TrainingArguments is built (config validation builds one): the first one sets up
+    torch.distributed. The variable is the one TrainingArguments reads as `use_cpu`, so
+    run_config.yaml stays free of this machine's lack of GPUs.
+    """
+    if needs_cpu_backend():
+        os.environ["ACCELERATE_USE_CPU"] = "true"
 
 
 def state():
@@ -64,9 +76,7 @@ def quiet_replicas(current) -> None:
 def prepare_training(config):
     """Settings a multi-process run needs; the run's TrainingArguments, its world size logged."""
     training = config.training
-    if needs_cpu_backend():
-        # The variable TrainingArguments reads as `use_cpu`: run_config.yaml stays free of this machine's lack of GPUs.
-        os.environ["ACCELERATE_USE_CPU"] = "true"
+    join_cpu_processes()
     if launched_processes() > 1:
         # Every trainable weight of our models reaches the loss (a pair's unused pooler is frozen:
         # warm_start.freeze_pooler), so DDP can skip its per-step search for unused parameters.
@@ -112,8 +122,28 @@ def pop_launch_options(overrides: dict) -> dict:
     return options
 
 
+def without_launch_options(args: list[str]) -> list[str]:
+    """The train command line minus `--num_processes N` / `--accelerate_config F`: what each process runs."""
+    kept, i = [], 0
+    while i < len(args):
+        key = args[i][2:].partition("=")[0] if args[i].startswith("--") else None
+        if key in LAUNCH_KEYS:
+            has_value = "=" not in args[i] and i + 1 < len(args) and not args[i + 1].startswith("--")
+            i += 2 if has_value else 1
+            continue
+        kept.append(args[i])
+        i += 1
+    return kept
+
+
 def wants_launch(options: dict) -> bool:
-    return launched_processes() == 1 and (options.get("num_processes", 1) > 1 or "accelerate_config" in options)
+    """True when we should start the processes; under a launcher already, its processes are the run's."""
+    if launched_processes() > 1:
+        if options:
+            logger.warning("already running as %d processes: --%s is left to the launcher", launched_processes(),
+                           " / --".join(options))
+        return False
+    return options.get("num_processes", 1) > 1 or "accelerate_config" in options
 
 
 def launch_command(options: dict, train_args: list[str]) -> list[str]:
