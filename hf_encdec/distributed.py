@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 
 logger = logging.getLogger("hf_encdec.distributed")
 
@@ -55,6 +55,35 @@ def state():
     from accelerate import PartialState
 
     return PartialState(cpu=needs_cpu_backend())
+
+
+def on_main(current, compute):
+    """compute() on the main process; its result, or its user error, reaches every process."""
+    if current.num_processes == 1:
+        return compute()
+    from accelerate.utils import broadcast_object_list
+
+    box = [None, None]
+    if current.is_main_process:
+        try:
+            box[0] = compute()
+        except UserError as err:
+            box[1] = err.one_line()
+            broadcast_object_list(box)
+            raise
+    broadcast_object_list(box)
+    if box[1] is not None:
+        raise UserError(box[1])
+    return box[0]
+
+
+def gather_in_order(current, item) -> list:
+    """Every process's `item`, in process order, on every process."""
+    if current.num_processes == 1:
+        return [item]
+    from accelerate.utils import gather_object
+
+    return gather_object([item])
 
 
 def describe(current) -> str:
