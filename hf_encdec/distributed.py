@@ -144,11 +144,30 @@ def pop_launch_options(overrides: dict) -> dict:
         if options["num_processes"] < 1:
             raise ConfigError("must be a positive whole number of processes", key="num_processes",
                               hint="e.g. --num_processes 4 (one per GPU)")
-    config_file = options.get("accelerate_config")
-    if config_file is not None and not os.path.isfile(str(config_file)):
-        raise ConfigError("accelerate config file not found", key="accelerate_config", path=str(config_file),
-                          hint="see configs/accelerate/ or run `accelerate config`")
+    if options.get("accelerate_config") is not None:
+        check_accelerate_config(str(options["accelerate_config"]))
     return options
+
+
+def check_accelerate_config(path: str) -> None:
+    """Read with accelerate's own loader; sharded set-ups refused up front on a machine without GPUs."""
+    import torch
+    import yaml
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    if not os.path.isfile(path):
+        raise ConfigError("accelerate config file not found", key="accelerate_config", path=path,
+                          hint="see configs/accelerate/ or run `accelerate config`")
+    try:
+        loaded = load_config_from_file(path)
+    except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError) as err:
+        first_line = str(err).splitlines()[0]
+        raise ConfigError(f"not an accelerate config: {first_line}", key="accelerate_config", path=path,
+                          hint="compare with the files in configs/accelerate/") from err
+    kind = getattr(loaded.distributed_type, "value", str(loaded.distributed_type))
+    if kind in ("FSDP", "DEEPSPEED") and not torch.cuda.is_available():
+        raise ConfigError(f"{kind} needs GPUs and this machine has none", key="accelerate_config", path=path,
+                          hint="use --num_processes N alone (DDP over gloo) on CPU")
 
 
 def without_launch_options(args: list[str]) -> list[str]:
