@@ -37,6 +37,7 @@ class TrainResult:
 
 def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     """Fine-tune (or train from scratch) and write the output directory of DESIGN.md."""
+    distributed.join_cpu_processes()  # before validation builds the first TrainingArguments
     config = as_config(config)
     arguments = distributed.prepare_training(config)
     task = get_task(config.data.task)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ def build_trainer_with_digest(*args, **kwargs):
     return trainer
 
 
+logging.basicConfig(level=logging.INFO, format="%(message)s")
 build_trainer = training.build_trainer
 training.build_trainer = build_trainer_with_digest
 training.train(json.loads(sys.argv[1]))
