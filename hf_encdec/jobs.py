@@ -325,6 +325,8 @@ def evaluate_file(options: EvaluateOptions, overrides: dict[str, Any] | None = N
         sources = [prefix + s for s in split.sources[index:index + DEFAULT_WINDOW]]
         predictions += [p.texts[0] for p in generator.run_window(sources, index // DEFAULT_WINDOW)]
     metrics = {**compute_metrics(names, predictions, split.targets), "rows": len(split), "dropped": split.dropped}
+    if not distributed.state().is_main_process:  # under a launcher every process scores the whole file
+        return metrics
     if options.output:
         Path(options.output).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     if options.predictions:
