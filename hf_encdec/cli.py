@@ -21,7 +21,9 @@ Fine-tune Hugging Face encoder-decoder models (T5, BART, Marian, ...) with one c
 
 commands:
   train [RECIPE.yaml] [--key value ...]   fine-tune or train from scratch; any recipe key
-                                          or Seq2SeqTrainingArguments key can be given as a flag
+                                          or Seq2SeqTrainingArguments key can be given as a flag;
+        [--num_processes N]               N processes through accelerate launch (one per GPU)
+        [--accelerate_config FILE]        an accelerate config (configs/accelerate/: DDP, FSDP, DeepSpeed)
   merge --model DIR [--output DIR] [--base ID_OR_DIR]
                                           merge a LoRA/IA3 run's adapter into its base model
                                           (default output DIR/merged; loads with transformers alone)
@@ -38,6 +40,7 @@ examples:
   hf-encdec train tasks/quickstart.yaml
   hf-encdec train tasks/translation.yaml --learning_rate 3e-4 --output_dir runs/x
   hf-encdec train --model_name_or_path t5-small --train_file pairs.jsonl --max_steps 1000
+  hf-encdec train tasks/translation.yaml --num_processes 4
   hf-encdec train --help                  every key, with its meaning
   hf-encdec merge --model runs/t5-lora
   hf-encdec push --model runs/quickstart --repo_id me/dates-t5 --private
@@ -83,9 +86,15 @@ def train_command(args: list[str]) -> int:
     if "-h" in args or "--help" in args:
         print(train_help())
         return 0
+    from .distributed import join_cpu_processes, launch, pop_launch_options, wants_launch, without_launch_options
+
+    join_cpu_processes()
     recipe = args[0] if args and not args[0].startswith("--") else None
     overrides = parse_overrides(args[1:] if recipe else args)
-    config = load_config(recipe, overrides)
+    launch_options = pop_launch_options(overrides)
+    config = load_config(recipe, overrides)  # validated here, before any process starts
+    if wants_launch(launch_options):
+        return launch(launch_options, without_launch_options(args))
 
     from .training import train
 
@@ -138,6 +147,10 @@ def train_help() -> str:
         lines.append("")
     lines.append("every Seq2SeqTrainingArguments key is accepted too; hf-encdec's own defaults for them:")
     lines.extend(f"  --{key:<28} {value!r}" for key, value in TRAINING_DEFAULTS.items())
+    lines.append("")
+    lines.append("several processes (see README, Scaling out):")
+    lines.append(f"  --{'num_processes':<28} start N processes with accelerate launch (one per GPU; gloo on CPU)")
+    lines.append(f"  --{'accelerate_config':<28} launch with this accelerate config file (configs/accelerate/)")
     lines.append("")
     lines.append("aliases (names from run_translation.py / run_summarization.py):")
     lines.extend(f"  --{old:<28} same as --{new}" for old, new in ALIASES.items())

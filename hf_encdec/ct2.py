@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .distributed import state
 from .errors import ConfigError, ModelError
 
 logger = logging.getLogger("hf_encdec.generation")
@@ -119,7 +120,9 @@ class Ct2Generator:
         self.prefix = self._token_list(generation_config.forced_bos_token_id)
         self.suppress = [[t] for t in self._token_list(*(generation_config.suppress_tokens or []))]
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        # Under a multi-process launch each process decodes on its own GPU.
         self.translator = ctranslate2.Translator(str(converted_model(loaded)), device=device,
+                                                 device_index=state().local_process_index if device == "cuda" else 0,
                                                  intra_threads=torch.get_num_threads())
 
     def _token_list(self, *ids) -> list[str]:

@@ -48,9 +48,8 @@ class Prediction:
 
 def load_model(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
     """A model directory or Hub id: a full model, a LoRA adapter (merged for speed), or a warm-started pair."""
-    from accelerate import PartialState
-
     from .config import ModelArguments
+    from .distributed import state
     from .modeling import load_pretrained
 
     directory = Path(ref)
@@ -62,7 +61,7 @@ def load_model(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool 
     run_config = {}
     if (directory / "run_config.yaml").is_file():
         run_config = yaml.safe_load((directory / "run_config.yaml").read_text(encoding="utf-8")) or {}
-    model.to(PartialState().device)
+    model.to(state().device)  # under a multi-process launch: this process's GPU
     model.eval()
     return LoadedModel(model, tokenizer, run_config, ref)
 

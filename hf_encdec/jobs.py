@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .errors import ConfigError, DataError, did_you_mean
 from .generation import (
     BACKENDS,
@@ -179,7 +180,7 @@ def generate_file(options: GenerateOptions, overrides: dict[str, Any] | None = N
     refuse_finished(options.output, options.overwrite)  # before the model loads: fail fast
     if options.window < 1:
         raise ConfigError(f"must be a positive number of rows, got {options.window}", key="window")
-    _refuse_several_processes()
+    current = distributed.state()
     loaded = load_model(options.model, trust_remote_code=options.trust_remote_code,
                         allow_pickle=options.allow_pickle)
     column = pick_source_column(loaded, options.input, options.source_column)
@@ -189,34 +190,31 @@ def generate_file(options: GenerateOptions, overrides: dict[str, Any] | None = N
     if out_ext == ".txt" and (config.num_return_sequences or 1) > 1:
         raise ConfigError("n-best output needs a .jsonl output", key="output", path=options.output,
                           hint="write to a .jsonl file, or set --num_return_sequences 1")
-    generator = make_generator(loaded, config, backend=options.backend, max_tokens=options.max_tokens,
-                               batch_size=options.batch_size, seed=options.seed,
-                               max_source_length=options.max_source_length or loaded.run_config.get("max_source_length"))
+    with current.main_process_first():  # --backend ct2 converts the model once, on the main process
+        generator = make_generator(loaded, config, backend=options.backend, max_tokens=options.max_tokens,
+                                   batch_size=options.batch_size, seed=options.seed,
+                                   max_source_length=options.max_source_length or
+                                   loaded.run_config.get("max_source_length"))
     prefix = prefix_for(loaded, options.source_prefix)
     settings = {"model": str(Path(options.model).absolute()) if Path(options.model).exists() else options.model,
                 "input": _file_identity(options.input), "column": column, "prefix": prefix,
                 "generation": config.to_json_string(), "max_tokens": generator.max_tokens,
                 "batch_size": options.batch_size, "window": options.window, "seed": options.seed,
                 "max_source_length": generator.max_source_length, "format": out_ext, "backend": options.backend}
+    # The output, its ledger and the report belong to the main process; the others send it their windows.
+    # The output does not depend on the number of processes, so neither does the settings fingerprint:
+    # a run killed with 4 processes can be finished by 1, and the reverse.
     output = ResumableOutput(options.output, settings, overwrite=options.overwrite)
-    done = output.start()
+    done = distributed.on_main(current, output.start)
     try:
-        stats = _run(generator, output, options, column, prefix, total, done, out_ext)
+        stats = _run(generator, output, options, column, prefix, total, done, out_ext, current)
     finally:
         output.close()
-    output.finish()
-    _report(options.output, stats, generator)
+    if current.is_main_process:
+        output.finish()
+        _report(options.output, stats, generator.max_source_length)
+    current.wait_for_everyone()  # every process returns once the output is complete
     return stats
-
-
-def _refuse_several_processes() -> None:
-    # Each process would write the whole output into the same file; splitting the input across
-    # processes (with one ordered output) is not implemented yet.
-    from accelerate import PartialState
-
-    if PartialState().num_processes > 1:
-        raise ConfigError("generate runs as one process, not under a multi-process accelerate launch",
-                          hint="run `hf-encdec generate ...` directly; it uses the device accelerate picks")
 
 
 def _file_identity(path: str) -> dict[str, Any]:
@@ -225,31 +223,54 @@ def _file_identity(path: str) -> dict[str, Any]:
 
 
 def _run(generator, output: ResumableOutput, options: GenerateOptions, column: str, prefix: str,
-         total: int, done: int, out_ext: str) -> dict[str, Any]:
+         total: int, done: int, out_ext: str, current) -> dict[str, Any]:
+    """Windows in input order; with N processes, process r generates window r of every N.
+
+    Each round the processes' outputs are gathered in window order and the main process appends
+    them and moves the ledger on: the partial file stays an ordered prefix of the single-process
+    output (a window's batches, and a sampling window's seed, depend on the window alone).
+    """
     from tqdm.auto import tqdm
 
+    processes, rank = current.num_processes, current.process_index
     rows = itertools.islice(iter_rows(options.input), done, None)
-    stats = {"rows": done, "generated": 0, "skipped": 0, "tokens": 0, "seconds": 0.0}
+    stats = {"rows": done, "generated": 0, "skipped": 0, "tokens": 0, "seconds": 0.0, "truncated": 0,
+             "oom_splits": 0}
     start = time.perf_counter()
-    with tqdm(total=total, initial=done, unit="rows", disable=not options.progress, desc="generating") as bar:
-        for index in itertools.count(done // options.window):
-            window = list(itertools.islice(rows, options.window))
-            if not window:
+    show = options.progress and current.is_main_process
+    with tqdm(total=total, initial=done, unit="rows", disable=not show, desc="generating") as bar:
+        for first in itertools.count(done // options.window, processes):
+            windows = [list(itertools.islice(rows, options.window)) for _ in range(processes)]
+            if not windows[0]:
                 break
-            good = [i for i, row in enumerate(window) if row_problem(row, column)[0] is None]
-            predictions = generator.run_window([prefix + source_of(window[i].record, column) for i in good], index)
-            by_row = dict(zip(good, predictions))
-            lines = [_format(row, by_row.get(i), column, out_ext, generator.nbest) for i, row in enumerate(window)]
-            output.append("".join(lines), len(window))
-            stats["rows"] += len(window)
-            stats["generated"] += len(good)
-            stats["skipped"] += len(window) - len(good)
-            stats["tokens"] += sum(p.tokens for p in predictions)
+            mine = _window_output(generator, windows[rank], first + rank, column, prefix, out_ext)
+            texts = []
+            for text, counts in distributed.gather_in_order(current, mine):
+                texts.append(text)
+                for key, value in counts.items():
+                    stats[key] += value
+            rows_done = sum(len(window) for window in windows)
+            if current.is_main_process:
+                output.append("".join(texts), rows_done)
             elapsed = time.perf_counter() - start
-            bar.update(len(window))
+            bar.update(rows_done)
             bar.set_postfix_str(f"{stats['tokens'] / elapsed:.0f} tokens/s")
+    for truncated, oom_splits in distributed.gather_in_order(current, (generator.truncated, generator.oom_splits)):
+        stats["truncated"] += truncated
+        stats["oom_splits"] += oom_splits
     stats["seconds"] = round(time.perf_counter() - start, 3)
     return stats
+
+
+def _window_output(generator, window: list[Row], index: int, column: str, prefix: str,
+                   out_ext: str) -> tuple[str, dict[str, int]]:
+    """One window's output lines (one per input row) and its counts."""
+    good = [i for i, row in enumerate(window) if row_problem(row, column)[0] is None]
+    predictions = generator.run_window([prefix + source_of(window[i].record, column) for i in good], index)
+    by_row = dict(zip(good, predictions))
+    text = "".join(_format(row, by_row.get(i), column, out_ext, generator.nbest) for i, row in enumerate(window))
+    return text, {"rows": len(window), "generated": len(good), "skipped": len(window) - len(good),
+                  "tokens": sum(p.tokens for p in predictions)}
 
 
 def _format(row: Row, prediction, column: str, out_ext: str, nbest: bool) -> str:
@@ -267,15 +288,15 @@ def _format(row: Row, prediction, column: str, out_ext: str, nbest: bool) -> str
     return json.dumps(record, ensure_ascii=False, default=str) + "\n"
 
 
-def _report(path: str, stats: dict[str, Any], generator) -> None:
+def _report(path: str, stats: dict[str, Any], max_source_length: int | None) -> None:
     seconds = max(stats["seconds"], 1e-9)
     notes = []
     if stats["skipped"]:
         notes.append(f"{stats['skipped']} bad rows skipped")
-    if generator.truncated:
-        notes.append(f"{generator.truncated} sources truncated to max_source_length={generator.max_source_length}")
-    if generator.oom_splits:
-        notes.append(f"{generator.oom_splits} batches split after running out of memory")
+    if stats["truncated"]:
+        notes.append(f"{stats['truncated']} sources truncated to max_source_length={max_source_length}")
+    if stats["oom_splits"]:
+        notes.append(f"{stats['oom_splits']} batches split after running out of memory")
     logger.info("wrote %s: %d rows, %d generated in %.1fs (%.1f rows/s, %.0f tokens/s)%s", path, stats["rows"],
                 stats["generated"], seconds, stats["generated"] / seconds, stats["tokens"] / seconds,
                 "; " + "; ".join(notes) if notes else "")
@@ -310,6 +331,8 @@ def evaluate_file(options: EvaluateOptions, overrides: dict[str, Any] | None = N
         sources = [prefix + s for s in split.sources[index:index + DEFAULT_WINDOW]]
         predictions += [p.texts[0] for p in generator.run_window(sources, index // DEFAULT_WINDOW)]
     metrics = {**compute_metrics(names, predictions, split.targets), "rows": len(split), "dropped": split.dropped}
+    if not distributed.state().is_main_process:  # under a launcher every process scores the whole file
+        return metrics
     if options.output:
         Path(options.output).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     if options.predictions:

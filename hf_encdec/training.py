@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checkpoints, hub
+from . import checkpoints, distributed, hub
 from . import data as data_lib
 from .adapters import apply_peft, quantization_config, save_merged
 from .config import RunConfig, load_config
@@ -37,7 +37,9 @@ class TrainResult:
 
 def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     """Fine-tune (or train from scratch) and write the output directory of DESIGN.md."""
+    distributed.join_cpu_processes()  # before validation builds the first TrainingArguments
     config = as_config(config)
+    arguments = distributed.prepare_training(config)
     task = get_task(config.data.task)
     model_type = model_type_of(config.model)
     check_precision(model_type, config.training)
@@ -53,8 +55,9 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
 
     start_output_dir(config)
     lengths = token_lengths(splits, tokenizer, task, config)
-    logger.info("data report:\n%s", data_lib.format_data_report(
-        splits, lengths["source"], lengths["target"], config.data.max_source_length, config.data.max_target_length))
+    logger.info("data report:\n%s\n%s", data_lib.format_data_report(
+        splits, lengths["source"], lengths["target"], config.data.max_source_length, config.data.max_target_length),
+        distributed.effective_batch(arguments))
     set_generation_defaults(model, config, lengths["target"], generation_settings)
     presets, final_preset = resolve_presets(model.generation_config, config, task)
     model.generation_config = copy.deepcopy(presets[config.run.eval_preset])
@@ -100,7 +103,11 @@ def check_output_dir(config: RunConfig) -> str | None:
         raise ConfigError("output_dir is not writable", key="output_dir", path=str(out),
                           hint="choose a directory you can write to")
     if config.run.overwrite_output_dir:
-        _forget_previous_run(out)
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            _forget_previous_run(out)
+        PartialState().wait_for_everyone()  # no rank looks for checkpoints while they are being removed
     elif (out / FINISHED_MARKER).exists():
         raise ConfigError("output_dir holds a finished run", key="output_dir", path=str(out),
                           hint="pass --overwrite_output_dir true or choose another --output_dir")
@@ -353,7 +360,7 @@ def predict_split(trainer, config: RunConfig, task: TaskAdapter, split: data_lib
     rows = [{"line": line, "source": source, "reference": reference, "prediction": prediction}
             for line, source, reference, prediction in
             zip(split.lines, split.sources, split.targets, trainer.compute_metrics.predictions)]
-    if split.name == "test":
+    if split.name == "test" and trainer.is_world_process_zero():
         write_jsonl(config.output_dir / "predictions.jsonl", rows)
     logger.info("%s: %s", split.name, json.dumps(metrics))
     return metrics, rows

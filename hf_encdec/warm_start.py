@@ -143,7 +143,19 @@ def load_warm_start(model_args: Any, quantization_config: Any = None):
                     ADDED_PAD_TOKEN, len(decoder_tokenizer))
     ids = special_token_ids(decoder_tokenizer)
     wire_special_tokens(model, ids)
+    freeze_pooler(model)
     return PairTokenizer(encoder_tokenizer, decoder_tokenizer, ids["eos_token_id"]), model
+
+
+def freeze_pooler(model: Any) -> None:
+    """BERT/RoBERTa encoders keep their [CLS] pooler, which feeds nothing in a seq2seq pair.
+
+    Left trainable it never gets a gradient: under DDP that stalls gradient reduction unless
+    every step searches for unused parameters (and fails outright with gradient checkpointing).
+    """
+    pooler = getattr(model.encoder, "pooler", None)
+    if pooler is not None:
+        pooler.requires_grad_(False)
 
 
 def _tokenizer(name: str, key: str, model_args: Any, auto_tokenizer: Any):
