@@ -22,7 +22,6 @@ from .errors import ConfigError, DataError, did_you_mean
 from .generation import (
     BACKENDS,
     DEFAULT_WINDOW,
-    Generator,
     LoadedModel,
     load_model,
     make_generator,
@@ -85,6 +84,9 @@ class EvaluateOptions:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code (moved-out decoding methods)."})
     allow_pickle: bool = field(default=False, metadata={"help": "Load pickle-only weights (pytorch_model.bin) "
                                                         "with weights_only=True; off: unpickling can run code."})
+    backend: str = field(default="transformers", metadata={
+        "help": "transformers, or ct2: CTranslate2 (converted once, cached beside the model as <model>.ct2).",
+        "choices": list(BACKENDS)})
 
 
 def split_options(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -323,8 +325,8 @@ def evaluate_file(options: EvaluateOptions, overrides: dict[str, Any] | None = N
                             candidates=task.column_candidates, on_invalid="drop")
     config = resolve_preset(loaded, options.preset, presets_file=options.presets, overrides=overrides,
                             trust_remote_code=options.trust_remote_code)
-    generator = Generator(loaded, config, max_tokens=options.max_tokens, batch_size=options.batch_size,
-                          max_source_length=trained.get("max_source_length"))
+    generator = make_generator(loaded, config, backend=options.backend, max_tokens=options.max_tokens,
+                               batch_size=options.batch_size, max_source_length=trained.get("max_source_length"))
     prefix = prefix_for(loaded, options.source_prefix)
     predictions = []
     for index in range(0, len(split), DEFAULT_WINDOW):

@@ -272,6 +272,21 @@ def test_ct2_backend_matches_transformers_and_caches_the_conversion(family, tiny
     assert scores == sorted(scores, reverse=True)
 
 
+def test_evaluate_with_the_ct2_backend_scores_what_transformers_scores(tiny_models, pair_files, tmp_path):
+    pytest.importorskip("ctranslate2")
+    model = tmp_path / "bart"
+    shutil.copytree(tiny_models["bart"], model)
+    settings = {"max_new_tokens": 6, "metrics": ["bleu", "chrf", "exact_match"]}
+    expected = hf_encdec.evaluate(str(model), str(pair_files["test"]), "greedy", **settings)
+    predictions = tmp_path / "predictions.jsonl"
+    code = main(["evaluate", "--model", str(model), "--data", str(pair_files["test"]), "--preset", "greedy",
+                 "--backend", "ct2", "--max_new_tokens", "6", "--metrics", "bleu,chrf,exact_match",
+                 "--predictions", str(predictions)])
+    assert code == 0 and (tmp_path / "bart.ct2" / "model.bin").is_file()
+    assert hf_encdec.evaluate(str(model), str(pair_files["test"]), "greedy", backend="ct2", **settings) == expected
+    assert len(predictions.read_text().splitlines()) == expected["rows"]
+
+
 def test_ct2_backend_refuses_what_it_cannot_do(tiny_models, tmp_path):
     pytest.importorskip("ctranslate2")
     from hf_encdec.errors import ConfigError
