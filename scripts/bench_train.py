@@ -1,7 +1,7 @@
 """Benchmark training throughput: fixed-size batches against token-budget batches, in one run.
 
 Rows, each one pass over the same training pairs (so the same target tokens) from the same
-initial weights, with the same optimizer (AdamW, constant learning rate, clipping at 1.0):
+initial weights, with the same optimizer (AdamW, linear decay after 10% warm-up, clipping at 1.0):
   (a)  the transformers translation example's set-up: Seq2SeqTrainer, every row padded to the
        max lengths (pad_to_max_length), random batches of --batch_size
   (b)  Seq2SeqTrainer with dynamic padding (DataCollatorForSeq2Seq), random batches of --batch_size
@@ -93,7 +93,8 @@ def trainer_args(args, output_dir: str, **extra):
 
     return (EncDecTrainingArguments if extra else Seq2SeqTrainingArguments)(
         output_dir=output_dir, num_train_epochs=1, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate, lr_scheduler_type="constant", weight_decay=0.0, warmup_steps=0,
+        learning_rate=args.learning_rate, lr_scheduler_type=args.lr_scheduler_type, weight_decay=0.0,
+        warmup_steps=args.warmup,
         logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
         use_cpu=True, seed=args.seed, dataloader_pin_memory=False, **extra)
 
@@ -109,12 +110,15 @@ def run_trainer(trainer_class, model, args, dataset, collator, compute_loss_func
 
 
 def bare_loop(model, args, dataset, collator, batches) -> float:
-    """forward, token-level loss, backward, clip, AdamW step: what the Trainer does per batch, nothing more."""
+    """forward, token-level loss, backward, clip, AdamW and scheduler step: what the Trainer does per batch."""
     import torch
+    from transformers import get_scheduler
 
     from hf_encdec.trainer import token_level_loss
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    schedule = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(args.warmup * len(batches)),
+                             num_training_steps=len(batches))
     model.train()
     start = time.perf_counter()
     for indices in batches:
@@ -124,6 +128,7 @@ def bare_loop(model, args, dataset, collator, batches) -> float:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad(set_to_none=True)
     return time.perf_counter() - start
 
@@ -155,6 +160,8 @@ def main() -> None:
                         help="budget of (c); default: batch_size x the mean source+target length x 1.15, "
                              "so (c) takes about as many optimizer steps as (b)")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--lr_scheduler_type", default="linear")
+    parser.add_argument("--warmup", type=float, default=0.1, help="warm-up share of the steps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", default="abcd", help="which set-ups to run, e.g. bcd")

@@ -208,6 +208,7 @@ def test_training_with_a_token_budget_through_the_public_api(tiny_models, quick_
 
     saved = yaml.safe_load((result.output_dir / "run_config.yaml").read_text())
     assert saved["max_tokens"] == 96
+    assert "| max_tokens | 96 (token-budget batches" in (result.output_dir / "README.md").read_text()
 
 
 def test_group_by_length_runs_and_reports_its_padding(tiny_models, quick_args, caplog):
