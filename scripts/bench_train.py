@@ -122,7 +122,7 @@ def bare_loop(model, args, dataset, collator, batches) -> float:
     model.train()
     start = time.perf_counter()
     for indices in batches:
-        batch = collator([dataset[i] for i in indices])
+        batch = collator(dataset.__getitems__(indices))  # the rows as the Trainer's DataLoader fetches them
         labels = batch.pop("labels")
         loss = token_level_loss(model(**batch), labels, (labels != -100).sum())
         loss.backward()
