@@ -212,6 +212,9 @@ def _hyperparameter_table(config: RunConfig) -> str:
     for key in HYPERPARAMETERS:
         value = config.training.get(key, getattr(defaults, key))
         rows.append(f"| {key} | {getattr(value, 'value', value)} |")  # an enum default shows its value
+    if config.batching.strategy() == "token_budget":
+        rows.append(f"| max_tokens | {config.batching.max_tokens} (token-budget batches: "
+                    "per_device_train_batch_size unused) |")
     for key in ("max_source_length", "max_target_length", "source_prefix"):
         rows.append(f"| {key} | {getattr(config.data, key)} |")
     return "\n".join(rows)

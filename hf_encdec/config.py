@@ -185,8 +185,31 @@ class AdapterArguments:
     load_in_8bit: bool = field(default=False, metadata={"help": "Load the base model in 8 bits (CUDA only)."})
 
 
+@dataclass
+class BatchingArguments:
+    max_tokens: int | None = field(
+        default=None,
+        metadata={"positive": True,
+                  "help": "Token budget of a training batch: batch size x (longest source + longest target), so "
+                  "short examples share large batches and long ones small; per_device_train_batch_size is then "
+                  "unused. An example over the budget gets a batch of its own. Turns on token_budget sampling."},
+    )
+    train_sampling_strategy: str | None = field(
+        default=None,
+        metadata={"help": "How training batches are drawn: token_budget (needs max_tokens), random, "
+                  "group_by_length (by max of source and target length), sequential, batch_rebalance; "
+                  "default token_budget when max_tokens is set, else random.",
+                  "choices": ["token_budget", "random", "group_by_length", "sequential", "batch_rebalance"]},
+    )
+
+    def strategy(self) -> str:
+        if self.train_sampling_strategy:
+            return self.train_sampling_strategy
+        return "token_budget" if self.max_tokens else "random"
+
+
 GROUPS: dict[str, type] = {"model": ModelArguments, "data": DataArguments, "run": RunArguments,
-                           "adapter": AdapterArguments}
+                           "adapter": AdapterArguments, "batching": BatchingArguments}
 
 # Our defaults where Seq2SeqTrainingArguments' defaults do not suit seq2seq fine-tuning.
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -331,6 +354,7 @@ class RunConfig:
     run: RunArguments
     training: dict[str, Any]
     adapter: AdapterArguments = field(default_factory=AdapterArguments)
+    batching: BatchingArguments = field(default_factory=BatchingArguments)
 
     @property
     def output_dir(self) -> Path:
@@ -363,6 +387,7 @@ class RunConfig:
                 run=RunArguments(**grouped["run"]),
                 training=training,
                 adapter=AdapterArguments(**grouped["adapter"]),
+                batching=BatchingArguments(**grouped["batching"]),
             )
             problems = config.problems()
         if len(problems) == 1:
@@ -391,7 +416,7 @@ class RunConfig:
             problems.append(
                 ConfigError("give train_file or dataset_name, not both", key="dataset_name")
             )
-        for part in (m, d, r):
+        for part in (m, d, r, self.batching):
             for f in dataclasses.fields(part):
                 value = getattr(part, f.name)
                 if f.metadata.get("positive") and value is not None and value <= 0:
@@ -419,6 +444,7 @@ class RunConfig:
                             hint="set eval_strategy to epoch or steps")
             )
         problems.extend(_training_value_problems(t))
+        problems.extend(self._batching_problems())
         problems.extend(self._adapter_problems())
         problems.extend(self._preset_problems())
         if not problems:
@@ -454,6 +480,26 @@ class RunConfig:
                                         hint="set peft: lora (QLoRA)"))
         return problems
 
+    def _batching_problems(self) -> list[ConfigError]:
+        b = self.batching
+        choices = _our_fields()["train_sampling_strategy"][1].metadata["choices"]
+        if b.train_sampling_strategy is not None and b.train_sampling_strategy not in choices:
+            hint = did_you_mean(b.train_sampling_strategy, choices) or f"choose one of {', '.join(choices)}"
+            return [ConfigError(f"unknown value {b.train_sampling_strategy!r}", key="train_sampling_strategy",
+                                hint=hint)]
+        if b.strategy() == "token_budget" and not b.max_tokens:
+            return [ConfigError("token_budget sampling needs a budget", key="max_tokens",
+                                hint="set max_tokens (e.g. 4096), or choose another train_sampling_strategy")]
+        if b.max_tokens and b.strategy() != "token_budget":
+            return [ConfigError(f"max_tokens only applies to token_budget sampling, not {b.strategy()}",
+                                key="max_tokens",
+                                hint="remove max_tokens, or set train_sampling_strategy: token_budget")]
+        if b.max_tokens and self.data.pad_to_max_length:
+            return [ConfigError("pad_to_max_length pads every batch to the longest possible shape; a token budget "
+                                "needs dynamic padding", key="pad_to_max_length",
+                                hint="remove pad_to_max_length (or max_tokens)")]
+        return []
+
     def _preset_problems(self) -> list[ConfigError]:
         from .presets import check_presets
 
@@ -471,16 +517,18 @@ class RunConfig:
         return []
 
     def training_arguments(self, **overrides: Any):
-        from transformers import Seq2SeqTrainingArguments
+        from .trainer import EncDecTrainingArguments
 
+        batching = {"train_sampling_strategy": self.batching.strategy(), "max_tokens": self.batching.max_tokens}
         # hf-encdec pushes (hub.py), not the Trainer: its push would run before our outputs are written,
         # and a hub_token inside the arguments would be pickled into every checkpoint's training_args.bin.
-        return Seq2SeqTrainingArguments(**{**self.training, **overrides, "push_to_hub": False, "hub_token": None})
+        return EncDecTrainingArguments(**{**self.training, **batching, **overrides, "push_to_hub": False,
+                                          "hub_token": None})
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Every key, resolved, secrets left out: reproduces the run when passed back."""
         flat: dict[str, Any] = {}
-        for part in (self.model, self.data, self.run, self.adapter):
+        for part in (self.model, self.data, self.run, self.adapter, self.batching):
             flat.update(dataclasses.asdict(part))
         flat.update(self.training)
         for key in RECIPE_RELATIVE_KEYS:  # absolute, so the saved config works from any directory
@@ -572,4 +620,5 @@ def read_saved_config(path: Path) -> RunConfig:
         else:
             training[key] = value
     return RunConfig(model=ModelArguments(**grouped["model"]), data=DataArguments(**grouped["data"]),
-                     run=RunArguments(**grouped["run"]), training=training)
+                     run=RunArguments(**grouped["run"]), training=training,
+                     batching=BatchingArguments(**grouped["batching"]))

@@ -441,9 +441,10 @@ def length_stats(lengths: list[int], max_length: int) -> dict:
 
 def format_data_report(
     splits: dict[str, Split], source_lengths: dict[str, list[int]], target_lengths: dict[str, list[int]],
-    max_source_length: int, max_target_length: int,
+    max_source_length: int, max_target_length: int, batching: str | None = None,
 ) -> str:
-    """A small table of rows and token lengths per split, then how many rows each split will truncate."""
+    """A small table of rows and token lengths per split, how many rows each split will truncate, and
+    `batching`: how training batches are cut and the padding to expect."""
     table = [f"{'split':<12}{'rows':>8}{'dropped':>9}  {'source p50/p90/p99/max':<24}target p50/p90/p99/max"]
     notes = []
     for name, split in splits.items():
@@ -455,7 +456,7 @@ def format_data_report(
         notes.append(f"{name}: {src['over_max']} sources / {tgt['over_max']} targets longer than "
                      f"max_source_length={max_source_length} / max_target_length={max_target_length} "
                      "will be truncated")
-    return "\n".join(table + notes)
+    return "\n".join(table + notes + ([batching] if batching else []))
 
 
 def _quartet(stats: dict) -> str:

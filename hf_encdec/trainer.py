@@ -6,11 +6,51 @@ Each override says why it exists; everything else is transformers' own Trainer.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import Seq2SeqTrainer
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
-from . import checkpoints
+from . import checkpoints, sampling
+
+
+@dataclass
+class EncDecTrainingArguments(Seq2SeqTrainingArguments):
+    """Seq2SeqTrainingArguments plus token-budget batching (`train_sampling_strategy: token_budget`)."""
+
+    max_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Padded source + target tokens per training batch (train_sampling_strategy token_budget)."},
+    )
+
+
+def token_level_loss(outputs, labels, num_items_in_batch=None):
+    """Cross-entropy summed over the batch's target tokens and divided by the Trainer's token count.
+
+    T5, BART, Marian and EncoderDecoderModel take **kwargs in forward(), so the Trainer passes them
+    `num_items_in_batch` and trusts their loss to be normalised over the whole accumulated batch; they
+    ignore it and return this micro-batch's mean (transformers #37766). The gradient then came out
+    `gradient_accumulation_steps` times too large, and batches of different sizes weighed the same.
+    """
+    from transformers.loss.loss_utils import fixed_cross_entropy
+
+    logits = outputs["logits"]
+    return fixed_cross_entropy(logits.flatten(0, 1), labels.flatten().to(logits.device), num_items_in_batch)
+
+
+class _SamplerEpoch(TrainerCallback):
+    """Tells the token-budget sampler the epoch.
+
+    The Trainer's own `set_epoch` call does not reach it when training resumes mid-epoch on several
+    processes (accelerate wraps it in SkipBatchSampler(BatchSamplerShard(...))), and the batches of
+    the resumed epoch must be the ones the interrupted run saw.
+    """
+
+    def __init__(self, sampler: sampling.TokenBudgetBatchSampler):
+        self.sampler = sampler
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.sampler.set_epoch(int(state.epoch or 0))  # a resumed run's state.epoch is e.g. 2.37: epoch 2
 
 
 class EncDecTrainer(Seq2SeqTrainer):
@@ -19,20 +59,11 @@ class EncDecTrainer(Seq2SeqTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # The seq2seq models take **kwargs, so Trainer assumes their loss is divided by
-        # `num_items_in_batch` (the tokens of the whole accumulated, all-process batch) and skips its
-        # own scaling; but T5, BART, Marian and EncoderDecoderModel return a per-batch mean. The loss
-        # and its gradient then came out multiplied by the accumulation steps, and by the number of
-        # processes with `average_tokens_across_devices`. Declared as what it is, Trainer divides by
-        # the accumulation steps and DDP averages over processes: the logged loss is the true mean.
+        # `num_items_in_batch` and skips its own scaling; but they return a per-batch mean
+        # (transformers #37766). build_trainer passes `token_level_loss` as compute_loss_func, which
+        # normalises over the whole optimizer step; with label smoothing (no compute_loss_func) this
+        # flag makes Trainer divide by the accumulation steps and not multiply by the process count.
         self.model_accepts_loss_kwargs = False
-
-    def evaluation_loop(self, *args, **kwargs):
-        # Seq2SeqTrainer.evaluate()/predict() gather with `accelerator.gather`, which keeps the rows
-        # accelerate pads the last batches with so every process gets one: 13 examples on 2 processes
-        # came back as 16. `gather_for_metrics` drops them, so every example is scored exactly once.
-        self.gather_function = functools.partial(self.accelerator.gather_for_metrics,
-                                                 use_gather_object=self.args.eval_use_gather_object)
-        return super().evaluation_loop(*args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         # Sharded weights (FSDP, DeepSpeed ZeRO-3) are gathered layer by layer inside every forward,
@@ -91,3 +122,53 @@ class EncDecTrainer(Seq2SeqTrainer):
             raise checkpoints.non_finite_loss(self.state.global_step + 1, self.args,
                                               Path(super()._get_output_dir(None)))
         return loss
+
+    def get_train_dataloader(self):
+        # Token-budget batches vary in size: a batch sampler, which the Trainer has no setting for.
+        max_tokens = getattr(self.args, "max_tokens", None)
+        if self.args.train_sampling_strategy != "token_budget" or self.train_dataset is None or not max_tokens:
+            return super().get_train_dataloader()
+        loader, sampler = sampling.token_budget_dataloader(self, self.train_dataset, max_tokens)
+        self.remove_callback(_SamplerEpoch)
+        self.add_callback(_SamplerEpoch(sampler))
+        return loader
+
+    def _get_train_sampler(self, train_dataset=None):
+        # The library's group_by_length groups by source length only; seq2seq batches pad targets too.
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "__len__"):
+            return sampling.length_grouped_sampler(self, dataset)
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # Longest first, so each generate() call pads little; evaluation_loop restores the dataset order.
+        if eval_dataset is None or not hasattr(eval_dataset, "__len__") or self.args.batch_eval_metrics \
+                or not self.args.eval_do_concat_batches:
+            return super()._get_eval_sampler(eval_dataset)
+        return sampling.LengthSortedSampler(*sampling.dataset_lengths(eval_dataset))
+
+    def evaluation_loop(self, dataloader, *args, **kwargs):
+        # Seq2SeqTrainer.evaluate()/predict() gather with `accelerator.gather`, which keeps the rows
+        # accelerate pads the last batches with so every process gets one: 13 examples on 2 processes
+        # came back as 16. `gather_for_metrics` drops them, so every example is scored exactly once.
+        self.gather_function = functools.partial(self.accelerator.gather_for_metrics,
+                                                 use_gather_object=self.args.eval_use_gather_object)
+        sampler = sampling.find_length_sorted_sampler(dataloader)
+        if sampler is None:
+            return super().evaluation_loop(dataloader, *args, **kwargs)
+        compute_metrics = self.compute_metrics
+        if compute_metrics is not None:  # metrics compare predictions with references in dataset order
+            self.compute_metrics = lambda prediction: compute_metrics(_in_input_order(prediction, sampler.order))
+        try:
+            output = super().evaluation_loop(dataloader, *args, **kwargs)
+        finally:
+            self.compute_metrics = compute_metrics
+        return output._replace(predictions=sampling.in_input_order(output.predictions, sampler.order),
+                               label_ids=sampling.in_input_order(output.label_ids, sampler.order))
+
+
+def _in_input_order(prediction, order):
+    from transformers import EvalPrediction
+
+    return EvalPrediction(**{name: sampling.in_input_order(getattr(prediction, name), order)
+                             for name in ("predictions", "label_ids", "inputs", "losses")})

@@ -56,8 +56,8 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     start_output_dir(config)
     lengths = token_lengths(splits, tokenizer, task, config)
     logger.info("data report:\n%s\n%s", data_lib.format_data_report(
-        splits, lengths["source"], lengths["target"], config.data.max_source_length, config.data.max_target_length),
-        distributed.effective_batch(arguments))
+        splits, lengths["source"], lengths["target"], config.data.max_source_length, config.data.max_target_length,
+        batching=describe_batching(config, lengths)), distributed.effective_batch(arguments))
     set_generation_defaults(model, config, lengths["target"], generation_settings)
     presets, final_preset = resolve_presets(model.generation_config, config, task)
     model.generation_config = copy.deepcopy(presets[config.run.eval_preset])
@@ -146,15 +146,38 @@ def start_output_dir(config: RunConfig) -> None:
 
 
 def choose_precision(config: RunConfig, model_type: str) -> None:
-    """bf16 on GPUs that support it, unless the user chose a precision."""
+    """bf16 and TF32 matmuls on GPUs that support them, unless the user chose."""
     import torch
 
     training = config.training
-    if "bf16" in training or "fp16" in training or training.get("use_cpu"):
+    if training.get("use_cpu") or not torch.cuda.is_available():
         return
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if "tf32" not in training and torch.cuda.get_device_capability() >= (8, 0):  # Ampere and later
+        training["tf32"] = True
+        logger.info("TF32 matmuls: this GPU supports them (set --tf32 false for full fp32 precision)")
+    if "bf16" not in training and "fp16" not in training and torch.cuda.is_bf16_supported():
         training["bf16"] = True
         logger.info("bf16 mixed precision: this GPU supports it (set --bf16 false to train in fp32)")
+
+
+def uses_gpu(config: RunConfig) -> bool:
+    import torch
+
+    return torch.cuda.is_available() and not config.training.get("use_cpu")
+
+
+def describe_batching(config: RunConfig, lengths: dict[str, dict[str, list[int]]]) -> str:
+    """The data report's line on training batches: how they are cut, and the padding to expect."""
+    from .sampling import batching_report
+
+    d = config.data
+    return batching_report(
+        config.batching.strategy(), [min(n, d.max_source_length) for n in lengths["source"]["train"]],
+        [min(n, d.max_target_length) for n in lengths["target"]["train"]],  # tokenization truncates
+        batch_size=int(config.training.get("per_device_train_batch_size", 8)), max_tokens=config.batching.max_tokens,
+        seed=config.training.get("data_seed") or config.training.get("seed", 42),
+        pad_multiple=8 if uses_gpu(config) else 1,
+        pad_to=(d.max_source_length, d.max_target_length) if d.pad_to_max_length else None)
 
 
 def load_splits(config: RunConfig, task: TaskAdapter) -> dict[str, data_lib.Split]:
@@ -328,7 +351,7 @@ def metric_names(config: RunConfig, task: TaskAdapter) -> list[str]:
 def build_trainer(config: RunConfig, task: TaskAdapter, model, tokenizer, splits):
     from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback
 
-    from .trainer import EncDecTrainer
+    from .trainer import EncDecTrainer, token_level_loss
 
     overrides: dict[str, Any] = {}
     callbacks = []
@@ -340,10 +363,13 @@ def build_trainer(config: RunConfig, task: TaskAdapter, model, tokenizer, splits
     collator = DataCollatorForSeq2Seq(
         tokenizer, model=model,
         label_pad_token_id=-100 if config.data.ignore_pad_token_for_loss else tokenizer.pad_token_id,
-        pad_to_multiple_of=8 if (args.fp16 or args.bf16) else None,  # tensor-core friendly shapes
+        pad_to_multiple_of=8 if uses_gpu(config) else None,  # tensor-core friendly shapes
     )
+    # Label smoothing has its own loss (LabelSmoother), normalised over the accumulated batch already.
+    loss = token_level_loss if not args.label_smoothing_factor else None
     return EncDecTrainer(
         model=model, args=args, data_collator=collator, processing_class=tokenizer, callbacks=callbacks,
+        compute_loss_func=loss,
         train_dataset=tokenize_split(splits["train"], tokenizer, task, config),
         eval_dataset=tokenize_split(splits["validation"], tokenizer, task, config),
         compute_metrics=GenerationMetrics(tokenizer, metric_names(config, task), splits["validation"].targets),
