@@ -519,10 +519,15 @@ class RunConfig:
     def training_arguments(self, **overrides: Any):
         from .trainer import EncDecTrainingArguments
 
+        import torch
+
         batching = {"train_sampling_strategy": self.batching.strategy(), "max_tokens": self.batching.max_tokens}
+        # Pinned memory only speeds copies to a GPU; without one, torch warns at every evaluation.
+        pinning = {} if "dataloader_pin_memory" in self.training else {
+            "dataloader_pin_memory": torch.cuda.is_available()}
         # hf-encdec pushes (hub.py), not the Trainer: its push would run before our outputs are written,
         # and a hub_token inside the arguments would be pickled into every checkpoint's training_args.bin.
-        return EncDecTrainingArguments(**{**self.training, **batching, **overrides, "push_to_hub": False,
+        return EncDecTrainingArguments(**{**pinning, **self.training, **batching, **overrides, "push_to_hub": False,
                                           "hub_token": None})
 
     def to_flat_dict(self) -> dict[str, Any]:
