@@ -71,7 +71,7 @@ def test_token_budget_pads_far_less_than_random_batches():
     budget = expected_padding("token_budget", source, target, batch_size=32, max_tokens=1024)
     random_batches = expected_padding("random", source, target, batch_size=32)
     grouped = expected_padding("group_by_length", source, target, batch_size=32)
-    assert budget < 0.15 < grouped < random_batches
+    assert budget < 0.2 < grouped < random_batches
 
 
 @pytest.mark.parametrize("replicas, accumulation", [(2, 1), (3, 2), (4, 4)])
