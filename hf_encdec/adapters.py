@@ -243,7 +243,7 @@ def load_with_adapter(directory: str, base: str | None = None, trust_remote_code
     from peft import PeftModel
     from transformers import GenerationConfig
 
-    from .config import ModelArguments
+    from .arguments import ModelArguments
     from .modeling import weights_loading
     from .warm_start import PairTokenizer, load_tokenizers, load_warm_start
 

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import TRAINING_DEFAULTS, RunConfig, read_saved_config
+from .arguments import TRAINING_DEFAULTS
+from .config import RunConfig, read_saved_config
 from .tasks import TaskAdapter, get_task
 
 HYPERPARAMETERS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",

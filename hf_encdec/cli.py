@@ -135,7 +135,7 @@ def push_command(args: list[str]) -> int:
 def train_help() -> str:
     import dataclasses
 
-    from .config import ALIASES, GROUPS, TRAINING_DEFAULTS
+    from .arguments import ALIASES, GROUPS, TRAINING_DEFAULTS
 
     lines = ["usage: hf-encdec train [RECIPE.yaml] [--key value ...]", ""]
     for group, cls in GROUPS.items():

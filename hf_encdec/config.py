@@ -1,18 +1,16 @@
-"""RunConfig: every key of a run, documented once, validated before any heavy work.
+"""RunConfig: every key of a run, validated together before any heavy work.
 
 A run is described by flat keys (the names of the HF example scripts and of
-`Seq2SeqTrainingArguments`). Our own keys live in three dataclasses grouped by concern;
-every `Seq2SeqTrainingArguments` field is accepted as well and kept in `RunConfig.training`.
-Sources, lowest precedence first: dataclass defaults < recipe YAML < command line.
+`Seq2SeqTrainingArguments`). Our own keys live in the dataclasses of arguments.py, grouped by
+concern; every `Seq2SeqTrainingArguments` field is accepted as well and kept in
+`RunConfig.training`. Sources, lowest precedence first: dataclass defaults < recipe YAML <
+command line; values are converted to their declared types by coercion.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
-import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,216 +18,23 @@ from typing import Any
 
 import yaml
 
+from .arguments import (
+    ALIASES,
+    GROUPS,
+    TRAINING_DEFAULTS,
+    AdapterArguments,
+    BatchingArguments,
+    DataArguments,
+    ModelArguments,
+    RunArguments,
+)
+from .coercion import coerce
 from .errors import ConfigError, did_you_mean
 from .tasks import TASKS
 
 SECRET_KEYS = {"token", "hub_token"}
 # Data paths in a recipe are relative to the recipe file, so a recipe folder can be moved whole.
 RECIPE_RELATIVE_KEYS = ("train_file", "validation_file", "test_file", "presets")
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Hub id or local directory of a pretrained seq2seq model."}
-    )
-    model_config: dict | None = field(
-        default=None,
-        metadata={
-            "help": "Train from scratch: {architecture: t5|bart|marian, <config sizes>...}. "
-            "A tokenizer is trained on the training data."
-        },
-    )
-    tokenizer_name: str | None = field(
-        default=None, metadata={"help": "Tokenizer to use instead of the model's own."}
-    )
-    tokenizer_vocab_size: int = field(
-        default=8000,
-        metadata={"positive": True, "help": "Vocabulary size of the tokenizer trained for a from-scratch model."},
-    )
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
-    token: str | None = field(default=None, metadata={"help": "Hub token (never written to run_config.yaml)."})
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Run code shipped with a Hub model. Off unless you trust it."}
-    )
-    allow_pickle: bool = field(
-        default=False,
-        metadata={"help": "Load a checkpoint that only has pickle weights (pytorch_model.bin), with "
-                  "weights_only=True. Off: unpickling can run code hidden in the file."},
-    )
-    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (Rust) tokenizer."})
-    encoder_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Warm start: the encoder of an EncoderDecoderModel (BERT, RoBERTa ...), with decoder_name_or_path."},
-    )
-    decoder_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Warm start: the decoder (BERT, RoBERTa, GPT-2 ...); its cross-attention starts random."},
-    )
-
-
-@dataclass
-class DataArguments:
-    task: str = field(
-        default="text2text",
-        metadata={"help": "Task adapter: column defaults, metrics, decoding.", "choices": sorted(TASKS)},
-    )
-    train_file: str | None = field(default=None, metadata={"help": "csv, tsv, json, jsonl or parquet."})
-    validation_file: str | None = field(default=None, metadata={"help": "Omit to carve one from train."})
-    test_file: str | None = field(default=None, metadata={"help": "Scored at the end; predictions saved."})
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id or local dataset folder."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the dataset."})
-    train_split: str = field(default="train", metadata={"help": "Split name for training (dataset_name)."})
-    validation_split: str | None = field(
-        default="validation", metadata={"help": "Split name for validation (dataset_name); null to carve one."}
-    )
-    test_split: str | None = field(default="test", metadata={"help": "Split name for test (dataset_name)."})
-    source_column: str | None = field(default=None, metadata={"help": "Column holding the input text."})
-    target_column: str | None = field(default=None, metadata={"help": "Column holding the output text."})
-    source_lang: str | None = field(default=None, metadata={"help": "Source language (e.g. en, en_XX)."})
-    target_lang: str | None = field(default=None, metadata={"help": "Target language (e.g. de, de_DE)."})
-    source_prefix: str | None = field(default=None, metadata={"help": "Text put before every source (T5)."})
-    forced_bos_token: str | None = field(
-        default=None, metadata={"help": "Token forced first in generation (mBART/NLLB target language)."}
-    )
-    lang: str | None = field(default=None, metadata={"help": "Language of the data (model card metadata)."})
-    max_source_length: int = field(
-        default=1024, metadata={"positive": True, "help": "Longer sources are truncated (reported)."}
-    )
-    max_target_length: int = field(
-        default=128, metadata={"positive": True, "help": "Longer targets are truncated (reported)."}
-    )
-    validation_split_size: float = field(
-        default=0.05,
-        metadata={"positive": True, "help": "Carved validation size: a fraction (<1) or a row count (>=1)."},
-    )
-    invalid_rows: str = field(
-        default="drop",
-        metadata={"help": "Rows with an empty source or target: drop (and report) or fail.", "choices": ["drop", "fail"]},
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"positive": True, "help": "Use only the first N training rows."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"positive": True, "help": "Use only the first N validation rows."}
-    )
-    max_predict_samples: int | None = field(
-        default=None, metadata={"positive": True, "help": "Use only the first N test rows."}
-    )
-    pad_to_max_length: bool = field(
-        default=False, metadata={"help": "Pad every batch to the max lengths (dynamic padding is faster)."}
-    )
-    ignore_pad_token_for_loss: bool = field(
-        default=True, metadata={"help": "Label padding is -100 so the loss ignores it."}
-    )
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
-    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize instead of using the datasets cache."})
-
-
-@dataclass
-class RunArguments:
-    metrics: list[str] | None = field(
-        default=None, metadata={"help": "bleu, chrf, ter, rouge, exact_match; default from the task."}
-    )
-    early_stopping_patience: int | None = field(
-        default=None,
-        metadata={"positive": True, "help": "Stop after N evaluations without improvement (keeps the best model)."},
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow writing into an output_dir that holds a finished run."}
-    )
-    resume: bool = field(
-        default=True,
-        metadata={"help": "Continue an unfinished run in output_dir from its last complete checkpoint; "
-                  "false refuses to (resume_from_checkpoint: PATH picks one)."},
-    )
-    num_sample_predictions: int = field(default=5, metadata={"help": "Sample predictions printed at the end."})
-    license: str | None = field(
-        default=None, metadata={"help": "License of the trained model, for the model card (e.g. apache-2.0, mit)."}
-    )
-    preset: str | None = field(
-        default=None,
-        metadata={"help": "Decoding preset of the final evaluation, saved as generation_config.json "
-                  "(greedy, beam, beam-long, sample, nbest or your own); default from the task."},
-    )
-    eval_preset: str = field(default="greedy", metadata={"help": "Decoding preset of evaluations during training."})
-    presets: dict | str | None = field(
-        default=None, metadata={"help": "Your presets, {name: {GenerationConfig field: value}}, or a YAML/JSON file."}
-    )
-
-
-@dataclass
-class AdapterArguments:
-    peft: str | None = field(
-        default=None,
-        metadata={"help": "Parameter-efficient fine-tuning method; null trains every weight.", "choices": ["lora", "ia3"]},
-    )
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank: adapter size (4-64 is usual)."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling; the update is scaled by lora_alpha / lora_r."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: str | list[str] = field(
-        default="auto",
-        metadata={"help": "Modules to adapt (lora and ia3): auto (attention per architecture, cross-attention "
-                  "included), all-linear, or a list of module names such as [q, v]."},
-    )
-    train_cross_attention: bool = field(
-        default=True,
-        metadata={"help": "Warm-started pairs: train the randomly initialised cross-attention fully next to the "
-                  "adapters (adapters alone would leave it near random)."},
-    )
-    merge_lora: bool = field(
-        default=False, metadata={"help": "Also save the adapter merged into the base model, under OUTPUT_DIR/merged."}
-    )
-    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base model in 4 bits (CUDA only)."})
-    load_in_8bit: bool = field(default=False, metadata={"help": "Load the base model in 8 bits (CUDA only)."})
-
-
-@dataclass
-class BatchingArguments:
-    max_tokens: int | None = field(
-        default=None,
-        metadata={"positive": True,
-                  "help": "Token budget of a training batch: batch size x (longest source + longest target), so "
-                  "short examples share large batches and long ones small; per_device_train_batch_size is then "
-                  "unused. An example over the budget gets a batch of its own. Turns on token_budget sampling."},
-    )
-    train_sampling_strategy: str | None = field(
-        default=None,
-        metadata={"help": "How training batches are drawn: token_budget (needs max_tokens), random, "
-                  "group_by_length (by max of source and target length), sequential, batch_rebalance; "
-                  "default token_budget when max_tokens is set, else random.",
-                  "choices": ["token_budget", "random", "group_by_length", "sequential", "batch_rebalance"]},
-    )
-
-    def strategy(self) -> str:
-        if self.train_sampling_strategy:
-            return self.train_sampling_strategy
-        return "token_budget" if self.max_tokens else "random"
-
-
-GROUPS: dict[str, type] = {"model": ModelArguments, "data": DataArguments, "run": RunArguments,
-                           "adapter": AdapterArguments, "batching": BatchingArguments}
-
-# Our defaults where Seq2SeqTrainingArguments' defaults do not suit seq2seq fine-tuning.
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "output_dir": "runs/hf-encdec",
-    "predict_with_generate": True,
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "logging_steps": 50,
-    "save_total_limit": 2,
-    "report_to": "none",
-}
-
-# Names from run_translation.py / run_summarization.py (and older transformers) that we spell differently.
-ALIASES: dict[str, str] = {
-    "text_column": "source_column",
-    "summary_column": "target_column",
-    "val_max_target_length": "generation_max_length",
-    "num_beams": "generation_num_beams",
-    "evaluation_strategy": "eval_strategy",
-}
 
 
 # Seq2SeqTrainingArguments accepts zero or negative values for these and fails later, mid-setup, with a traceback.
@@ -267,84 +72,6 @@ def _our_fields() -> dict[str, tuple[str, dataclasses.Field, Any]]:
         for f in dataclasses.fields(cls):
             fields[f.name] = (group, f, hints[f.name])
     return fields
-
-
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def _union_members(annotation: Any) -> tuple:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
-def coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Convert a YAML or command-line value to the key's declared type, or raise ConfigError.
-
-    Command-line values arrive as strings and PyYAML reads `3e-4` as a string (YAML 1.1),
-    so numbers are parsed here by declared type rather than trusted to the YAML parser.
-    """
-    members = _union_members(annotation)
-    if value is None:
-        if type(None) in members:
-            return None
-        raise ConfigError("needs a value, got null", key=key, hint=f"give a {_type_name(annotation)}")
-    for member in members:
-        converted = _convert(value, member)
-        if converted is not _NO:
-            return converted
-    expected = " or ".join(_type_name(m) for m in members if m is not type(None))
-    raise ConfigError(f"expected {expected}, got {value!r}", key=key)
-
-
-_NO = object()
-
-
-def _convert(value: Any, target: Any) -> Any:
-    origin = typing.get_origin(target)
-    if target is Any:
-        return value
-    if target is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        return _NO
-    if target is int:
-        if isinstance(value, bool):
-            return _NO
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value))
-        except ValueError:
-            return _NO
-    if target is float:
-        if isinstance(value, bool):
-            return _NO
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            return _NO
-    if target is str or (isinstance(target, type) and issubclass(target, (str, os.PathLike, enum.Enum))):
-        if isinstance(value, enum.Enum):
-            return value.value
-        return str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else _NO
-    if target is list or origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        return list(value) if isinstance(value, (list, tuple)) else _NO
-    if target is dict or origin is dict:
-        if isinstance(value, str):
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                return _NO
-        return value if isinstance(value, dict) else _NO
-    return value  # complex library types (GenerationConfig, DebugOption lists): let the library validate
 
 
 @dataclass
@@ -517,9 +244,9 @@ class RunConfig:
         return []
 
     def training_arguments(self, **overrides: Any):
-        from .trainer import EncDecTrainingArguments
-
         import torch
+
+        from .trainer import EncDecTrainingArguments
 
         batching = {"train_sampling_strategy": self.batching.strategy(), "max_tokens": self.batching.max_tokens}
         # Pinned memory only speeds copies to a GPU; without one, torch warns at every evaluation.

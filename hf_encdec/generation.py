@@ -48,7 +48,7 @@ class Prediction:
 
 def load_model(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
     """A model directory or Hub id: a full model, a LoRA adapter (merged for speed), or a warm-started pair."""
-    from .config import ModelArguments
+    from .arguments import ModelArguments
     from .distributed import state
     from .modeling import load_pretrained
 

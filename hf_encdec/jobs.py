@@ -91,7 +91,7 @@ class EvaluateOptions:
 
 def split_options(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Flat keys into (our options, GenerationConfig overrides); unknown keys name the closest valid one."""
-    from .config import coerce
+    from .coercion import coerce
     from .presets import generation_fields, parse_value
 
     typed = typing.get_type_hints(cls)

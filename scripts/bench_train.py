@@ -48,7 +48,7 @@ def read_pairs(split: str, limit: int, long_share: float, seed: int) -> list[tup
 
 
 def build_model_and_tokenizer(pairs, longest: int):
-    from hf_encdec.config import ModelArguments
+    from hf_encdec.arguments import ModelArguments
     from hf_encdec.modeling import build_scratch
 
     sizes = {"architecture": "marian", "d_model": 128, "encoder_layers": 2, "decoder_layers": 2,

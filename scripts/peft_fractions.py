@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from hf_encdec.adapters import apply_peft
-from hf_encdec.config import AdapterArguments
+from hf_encdec.arguments import AdapterArguments
 from hf_encdec.modeling import count_parameters
 
 

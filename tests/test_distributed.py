@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import WORDS, make_pairs, write_jsonl
+from conftest import WORDS
 
 import hf_encdec
 from hf_encdec.distributed import free_port, launch_command, pop_launch_options, without_launch_options
