@@ -71,7 +71,7 @@ def test_token_budget_pads_far_less_than_random_batches():
     budget = expected_padding("token_budget", source, target, batch_size=32, max_tokens=1024)
     random_batches = expected_padding("random", source, target, batch_size=32)
     grouped = expected_padding("group_by_length", source, target, batch_size=32)
-    assert budget < 0.2 < grouped < random_batches
+    assert budget < grouped < random_batches and budget < random_batches / 3
 
 
 @pytest.mark.parametrize("replicas, accumulation", [(2, 1), (3, 2), (4, 4)])
@@ -164,7 +164,7 @@ def test_loss_and_gradient_do_not_depend_on_how_a_batch_is_split(tmp_path, batch
 
 def test_resume_mid_epoch_replays_the_batches_the_run_would_have_seen(tmp_path):
     dataset = _dataset(60)
-    args = {"train_sampling_strategy": "token_budget", "max_tokens": 300, "max_steps": 12, "save_strategy": "steps",
+    args = {"train_sampling_strategy": "token_budget", "max_tokens": 400, "max_steps": 12, "save_strategy": "steps",
             "save_steps": 7, "seed": 5}
     full, seen_full = _tiny_trainer(tmp_path / "run", dataset, **args)
     full.train()
@@ -172,7 +172,8 @@ def test_resume_mid_epoch_replays_the_batches_the_run_would_have_seen(tmp_path):
     assert 1 < steps_per_epoch < 7 and len({len(b) for b in seen_full}) > 1  # resumes mid-epoch 2; sizes vary
     resumed, seen_resumed = _tiny_trainer(tmp_path / "run", dataset, **args)
     resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-7"))
-    assert seen_resumed == seen_full[7:12]
+    # Both runs also collate the batch the loop fetches ahead of its last step: the whole tail is the same.
+    assert seen_resumed == seen_full[7:]
 
 
 def test_predictions_come_back_in_dataset_order_though_generated_longest_first(tmp_path):
