@@ -76,7 +76,9 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "model.safetensors")
 
 
-def test_killed_run_resumes_to_bitwise_equal_weights(resumable_args, tmp_path):
+@pytest.mark.parametrize("batching", [{}, {"max_tokens": 160}], ids=["random_batches", "token_budget"])
+def test_killed_run_resumes_to_bitwise_equal_weights(resumable_args, tmp_path, batching):
+    resumable_args = {**resumable_args, **batching}
     reference = hf_encdec.train({**resumable_args, "output_dir": str(tmp_path / "reference")})
     kill_at = random.Random().randint(4, 19)  # any step but a saving one's start: resumes from the save before
     killed = _killed_run(resumable_args, tmp_path, kill_at_step=kill_at)
