@@ -103,11 +103,10 @@ def check_output_dir(config: RunConfig) -> str | None:
         raise ConfigError("output_dir is not writable", key="output_dir", path=str(out),
                           hint="choose a directory you can write to")
     if config.run.overwrite_output_dir:
-        from accelerate import PartialState
-
-        if PartialState().is_main_process:
+        current = distributed.state()
+        if current.is_main_process:
             _forget_previous_run(out)
-        PartialState().wait_for_everyone()  # no rank looks for checkpoints while they are being removed
+        current.wait_for_everyone()  # no rank looks for checkpoints while they are being removed
     elif (out / FINISHED_MARKER).exists():
         raise ConfigError("output_dir holds a finished run", key="output_dir", path=str(out),
                           hint="pass --overwrite_output_dir true or choose another --output_dir")
@@ -138,9 +137,7 @@ def _forget_previous_run(out: Path) -> None:
 
 def start_output_dir(config: RunConfig) -> None:
     """Written once everything is validated, so a failed start leaves no output directory."""
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+    if distributed.state().is_main_process:
         config.output_dir.mkdir(parents=True, exist_ok=True)
         config.save(config.output_dir / "run_config.yaml")
 
