@@ -187,9 +187,9 @@ def check_push_access(config: RunConfig) -> HubTarget:
 
 def push_after_training(output_dir: Path, target: HubTarget) -> str | None:
     """The final push, from the main process, after everything is saved locally."""
-    from accelerate import PartialState
+    from .distributed import state
 
-    if not PartialState().is_main_process:
+    if not state().is_main_process:
         return None
     try:
         return upload_run(output_dir, target, commit_message=f"Training finished: {output_dir.name}")

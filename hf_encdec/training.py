@@ -147,7 +147,7 @@ def choose_precision(config: RunConfig, model_type: str) -> None:
     import torch
 
     training = config.training
-    if training.get("use_cpu") or not torch.cuda.is_available():
+    if not uses_gpu(config):
         return
     if "tf32" not in training and torch.cuda.get_device_capability() >= (8, 0):  # Ampere and later
         training["tf32"] = True
