@@ -10,8 +10,9 @@ is deterministic, so the continuation picks the tokens the long loop would have 
 call costs one extra encoder pass and one parallel pass over the prefix, and the halving keeps
 the number of calls to about log2(batch size).
 
-Only plain greedy search shrinks: beam search and sampling carry state (beams, random draws)
-that a new call cannot take over, and a few settings count steps from the start of a call.
+Only plain greedy search shrinks this way: beam search and sampling carry state (beams, random
+draws) that a new call cannot take over, and a few settings count steps from the start of a call.
+Beam search shrinks inside a single call instead (beam_search.py).
 """
 
 from __future__ import annotations

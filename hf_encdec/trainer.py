@@ -12,6 +12,7 @@ from pathlib import Path
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
 from . import checkpoints, sampling
+from .beam_search import decoding_kwargs
 
 
 @dataclass
@@ -66,13 +67,17 @@ class EncDecTrainer(Seq2SeqTrainer):
         self.model_accepts_loss_kwargs = False
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        # Seq2SeqTrainer reads `_gen_kwargs` (evaluate()'s settings) only when given none.
+        gen_kwargs = {**getattr(self, "_gen_kwargs", {}), **gen_kwargs}
         # Sharded weights (FSDP, DeepSpeed ZeRO-3) are gathered layer by layer inside every forward,
         # so all processes must keep stepping until the longest generation ends (`synced_gpus`).
         # Seq2SeqTrainer sees ZeRO-3 and FSDP1 wrappers; accelerate's FSDP2 leaves no mark it checks.
         if self.is_fsdp_enabled and self.args.world_size > 1:
-            # Seq2SeqTrainer reads `_gen_kwargs` (evaluate()'s settings) only when given none.
-            gen_kwargs = {**getattr(self, "_gen_kwargs", {}), **gen_kwargs}
             gen_kwargs.setdefault("synced_gpus", True)
+        elif not prediction_loss_only and self.args.predict_with_generate:
+            # Beam search that drops finished examples (beam_search.py); greedy and sampling are left as they are.
+            beams = gen_kwargs.get("num_beams") or self.model.generation_config.num_beams
+            gen_kwargs.update(decoding_kwargs(beams))
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
 
     # Set only while _save_checkpoint runs: the folder the library's save writes its checkpoint into.
