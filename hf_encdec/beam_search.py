@@ -18,71 +18,25 @@ library's; two things differ:
    self-attention cache, the cross-attention cache, the encoder outputs and the masks.
 2. Only the self-attention cache is reordered each step.
 
-Anything this loop does not know to be per-row (an unknown logits processor, beam sampling,
-output of attentions, a static cache, several synced processes) goes to the library's loop.
+What the loop does not know to be per-row goes to the library's loop (shrinking.can_shrink).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-# Logits processors and stopping criteria that look at each row alone, so dropping other rows
-# cannot change what they do. The encoder-based ones keep per-batch encoder ids and are left out.
-ROW_WISE_PROCESSORS = {
-    "MinLengthLogitsProcessor", "MinNewTokensLengthLogitsProcessor", "RepetitionPenaltyLogitsProcessor",
-    "NoRepeatNGramLogitsProcessor", "SequenceBiasLogitsProcessor", "NoBadWordsLogitsProcessor",
-    "ForcedBOSTokenLogitsProcessor", "ForcedEOSTokenLogitsProcessor", "InfNanRemoveLogitsProcessor",
-    "ExponentialDecayLengthPenalty", "LogitNormalization", "SuppressTokensAtBeginLogitsProcessor",
-    "SuppressTokensLogitsProcessor", "TemperatureLogitsWarper",
-}
-ROW_WISE_CRITERIA = {"MaxLengthCriteria", "EosTokenCriteria", "StopStringCriteria", "MaxTimeCriteria"}
-UNSUPPORTED_OUTPUTS = ("output_attentions", "output_hidden_states", "output_logits", "low_memory")
-
-
-def decoding_kwargs(num_beams: int | None) -> dict[str, Any]:
-    """What to add to `model.generate(...)`: this loop for beam search, nothing for greedy search and sampling."""
-    return {"custom_generate": beam_search} if (num_beams or 1) > 1 else {}
-
-
-def can_shrink(model, logits_processor, stopping_criteria, config, synced_gpus: bool, model_kwargs) -> bool:
-    from transformers import DynamicCache, EncoderDecoderCache
-
-    cache = model_kwargs.get("cache")
-    return (
-        not synced_gpus
-        and not config.do_sample
-        and model.config.is_encoder_decoder
-        and not any(getattr(config, key, False) for key in UNSUPPORTED_OUTPUTS)
-        and isinstance(cache, EncoderDecoderCache)
-        and isinstance(cache.self_attention_cache, DynamicCache)
-        and isinstance(cache.cross_attention_cache, DynamicCache)
-        and all(type(p).__name__ in ROW_WISE_PROCESSORS for p in logits_processor)
-        and all(type(c).__name__ in ROW_WISE_CRITERIA for c in stopping_criteria)
-    )
+from .shrinking import can_shrink, keep_rows, sharded
 
 
 def beam_search(model, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
                 **model_kwargs):
     """`model._beam_search` with finished examples dropped; same arguments, same sequences and scores
     (`beam_indices` and per-step `scores` are not returned: rows change under them)."""
-    # generate() does not pass `synced_gpus` to a custom loop: work it out as generate() does.
-    synced_gpus = synced_gpus or _sharded(model)
-    if not can_shrink(model, logits_processor, stopping_criteria, generation_config, synced_gpus, model_kwargs):
+    if synced_gpus or not can_shrink(model, logits_processor, stopping_criteria, generation_config, model_kwargs):
         return type(model)._beam_search(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                                        synced_gpus, **model_kwargs)
+                                        synced_gpus or sharded(model), **model_kwargs)
     search = _ShrinkingBeamSearch(model, input_ids, generation_config)
     return search.run(logits_processor, stopping_criteria, model_kwargs)
-
-
-def _sharded(model) -> bool:
-    """Weights gathered inside every forward (FSDP, ZeRO-3): all processes must keep stepping together."""
-    import torch
-    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-    from transformers.integrations.fsdp import is_fsdp_managed_module
-
-    several = torch.distributed.is_available() and torch.distributed.is_initialized() and (
-        torch.distributed.get_world_size() > 1)
-    return several and (is_deepspeed_zero3_enabled() or is_fsdp_managed_module(model))
 
 
 class _ShrinkingBeamSearch:
@@ -203,15 +157,7 @@ class _ShrinkingBeamSearch:
                      "beam_scores", "beam_indices", "is_sent_finished", "improvable", "alive"):
             setattr(self, name, getattr(self, name)[keep])
         rows = (keep[:, None] * self.num_beams + torch.arange(self.num_beams, device=keep.device)).flatten()
-        old_rows = done.shape[0] * self.num_beams
-        model_kwargs["cache"].cross_attention_cache.batch_select_indices(rows)
-        for key, value in list(model_kwargs.items()):
-            if key == "encoder_outputs":
-                for field, tensor in value.items():
-                    if torch.is_tensor(tensor) and tensor.shape[0] == old_rows:
-                        value[field] = tensor[rows]
-            elif torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == old_rows:
-                model_kwargs[key] = value[rows]
+        keep_rows(model_kwargs, rows, done.shape[0] * self.num_beams)
         return beam_idx.view(done.shape[0], self.num_beams)[keep].flatten()
 
     def result(self) -> Any:

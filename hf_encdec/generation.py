@@ -22,9 +22,8 @@ from typing import Any
 import yaml
 
 from .batching import batch_by_size
-from .beam_search import decoding_kwargs
 from .errors import ConfigError, ModelError
-from .shrinking import can_shrink, generate_shrinking, shrinking_config
+from .shrinking import decoding_kwargs
 
 logger = logging.getLogger("hf_encdec.generation")
 
@@ -111,11 +110,7 @@ class Generator:
         self.config = copy.deepcopy(generation_config)
         self.config.return_dict_in_generate = True
         self.config.output_scores = self.nbest
-        # Batches shrink as their rows finish: greedy here (shrinking.py), beam search inside generate() (beam_search.py).
-        self.shrink = can_shrink(self.config)
-        if self.shrink:
-            self.config = shrinking_config(self.config, self.model)
-        self.decoding = decoding_kwargs(self.config.num_beams)
+        self.decoding = decoding_kwargs(self.config.num_beams, self.config.do_sample)  # batches that shrink
         # The budget counts decoder rows too: beam search (and n samples) multiplies every batch.
         width = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
         self.max_tokens = None if batch_size else max(1, (max_tokens or DEFAULT_MAX_TOKENS) // width)
@@ -167,13 +162,8 @@ class Generator:
         batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.model.device)
         pad = self.config.pad_token_id
         with torch.inference_mode():
-            if self.shrink:
-                out = None
-                rows = generate_shrinking(self.model, dict(batch), self.config)
-                sequences = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad or 0)
-            else:
-                out = self.model.generate(**batch, generation_config=self.config, **self.decoding)
-                sequences = out.sequences
+            out = self.model.generate(**batch, generation_config=self.config, **self.decoding)
+        sequences = out.sequences
         texts = [t.strip() for t in self.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
         tokens = (sequences[:, 1:] != pad).sum(dim=1).tolist() if pad is not None else [sequences.shape[1]] * len(texts)
         k = len(texts) // len(ids)

@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
 from . import checkpoints, sampling
-from .beam_search import decoding_kwargs
+from .shrinking import decoding_kwargs
 
 
 @dataclass
@@ -75,9 +75,10 @@ class EncDecTrainer(Seq2SeqTrainer):
         if self.is_fsdp_enabled and self.args.world_size > 1:
             gen_kwargs.setdefault("synced_gpus", True)
         elif not prediction_loss_only and self.args.predict_with_generate:
-            # Beam search that drops finished examples (beam_search.py); greedy and sampling are left as they are.
-            beams = gen_kwargs.get("num_beams") or self.model.generation_config.num_beams
-            gen_kwargs.update(decoding_kwargs(beams))
+            # Greedy and beam search batches that shrink as their rows finish (shrinking.py).
+            config = self.model.generation_config
+            gen_kwargs.update(decoding_kwargs(gen_kwargs.get("num_beams", config.num_beams),
+                                              gen_kwargs.get("do_sample", config.do_sample)))
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
 
     # Set only while _save_checkpoint runs: the folder the library's save writes its checkpoint into.
