@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if debug:
             traceback.print_exc()
-        print(f"hf-encdec: error: {err.one_line()}", file=sys.stderr)
+        from .distributed import report_launched_error
+
+        line = f"hf-encdec: error: {err.one_line()}"
+        if not report_launched_error(line):
+            print(line, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hf-encdec: interrupted", file=sys.stderr)

@@ -198,7 +198,8 @@ def _read_json_lines(path: str, text: str) -> tuple[list[str], list[dict], list[
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"is not valid JSON ({e.msg} at character {e.pos + 1})", path=path, line=number,
+            where = e.msg if e.msg.endswith(" at") else f"{e.msg} at"  # "Unterminated string starting at"
+            raise DataError(f"is not valid JSON ({where} character {e.pos + 1})", path=path, line=number,
                             hint=_json_lines_hint(text)) from e
         if not isinstance(record, dict):
             raise DataError(f"is a JSON {type(record).__name__}, expected an object", path=path, line=number,

@@ -210,11 +210,48 @@ def launch_command(options: dict, train_args: list[str]) -> list[str]:
     return command
 
 
+# Set for the processes we launch: where the first of them to hit a user error writes its one line.
+ERROR_FILE_ENV = "HF_ENCDEC_ERROR_FILE"
+
+
 def launch(options: dict, train_args: list[str]) -> int:
+    """Run the launcher, passing its output through. A user error in the launched processes (bad data
+    found while loading, say) ends as it does in one process: its one line, once, and exit code 2,
+    instead of one line per rank, torch's ChildFailedError report and exit code 1."""
+    import tempfile
+    from pathlib import Path
+
     command = launch_command(options, train_args)
     logger.info("starting %s process(es) with accelerate launch: %s", options.get("num_processes", "the config's"),
                 " ".join(command[1:]))
-    return subprocess.call(command)
+    with tempfile.TemporaryDirectory(prefix="hf-encdec-launch-") as folder:
+        error_file = Path(folder) / "error"
+        process = subprocess.Popen(command, env={**os.environ, ERROR_FILE_ENV: str(error_file)},
+                                   stderr=subprocess.PIPE)
+        # Chunks, not lines: progress bars redraw with carriage returns.
+        for chunk in iter(lambda: process.stderr.read1(1 << 16), b""):
+            if not error_file.exists():  # after a user error, only the launcher's report of it follows
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.flush()
+        code = process.wait()
+        if error_file.exists():
+            print(error_file.read_text(encoding="utf-8").strip(), file=sys.stderr)
+            return 2
+        return code
+
+
+def report_launched_error(line: str) -> bool:
+    """In a process we launched: hand the error line to the launching command (the first rank's wins).
+    False when not launched by us, so the caller prints it itself."""
+    path = os.environ.get(ERROR_FILE_ENV)
+    if not path or launched_processes() < 2:
+        return False
+    try:
+        with open(path, "x", encoding="utf-8") as f:
+            f.write(line)
+    except FileExistsError:
+        pass
+    return True
 
 
 def free_port() -> int:

@@ -177,6 +177,24 @@ def test_two_process_generation_writes_the_single_process_bytes_and_resumes_acro
 # ----------------------------------------------------------------------------- without processes
 
 
+@pytest.mark.distributed
+def test_a_data_error_in_launched_processes_is_one_line_and_exit_code_2(tiny_models, tmp_path):
+    """The broken line is found after the launch (data is read in every process): the launching command
+    still prints the error once, without the launcher's failure report, and exits 2 as one process would."""
+    broken = tmp_path / "train.jsonl"
+    broken.write_text('{"source": "red cat", "target": "red cat"}\n{"source": "red\n')
+    run = subprocess.run(
+        [sys.executable, "-m", "hf_encdec", "train", "--model_name_or_path", str(tiny_models["t5"]),
+         "--train_file", str(broken), "--num_processes", "2", "--output_dir", str(tmp_path / "out"),
+         "--max_steps", "2"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert errors == [f"hf-encdec: error: {broken}:2: is not valid JSON (Unterminated string starting at "
+                      "character 12) (each line must be one complete JSON object)"]
+    assert "ChildFailedError" not in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
 def test_launch_flags_become_accelerate_launch_flags_on_a_free_port():
     args = ["tasks/quickstart.yaml", "--num_processes", "4", "--max_steps", "10", "--accelerate_config=x.yaml",
             "--bf16"]
