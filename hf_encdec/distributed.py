@@ -124,8 +124,12 @@ def prepare_training(config):
 
 def effective_batch(arguments) -> str:
     """The data report's batch line: what one optimizer step sees."""
-    per_device, processes = arguments.per_device_train_batch_size, arguments.world_size
-    accumulation = arguments.gradient_accumulation_steps
+    processes, accumulation = arguments.world_size, arguments.gradient_accumulation_steps
+    max_tokens = getattr(arguments, "max_tokens", None)
+    if max_tokens:  # token-budget batches: the example count varies with length (the padding line has it)
+        return (f"batch: up to {max_tokens} padded tokens per device x {processes} process(es) x {accumulation} "
+                f"accumulation step(s) = {max_tokens * processes * accumulation} tokens per optimizer step")
+    per_device = arguments.per_device_train_batch_size
     return (f"batch: {per_device} per device x {processes} process(es) x {accumulation} accumulation step(s) = "
             f"{per_device * processes * accumulation} examples per optimizer step")
 

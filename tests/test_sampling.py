@@ -201,6 +201,8 @@ def test_training_with_a_token_budget_through_the_public_api(tiny_models, quick_
         result = hf_encdec.train({**quick_args, "model_name_or_path": str(tiny_models["bart"]), "max_tokens": 96,
                                   "max_steps": 6, "gradient_accumulation_steps": 2})
     assert "train batches (token_budget, max_tokens=96)" in caplog.text and "random batches of 16" in caplog.text
+    assert ("batch: up to 96 padded tokens per device x 1 process(es) x 2 accumulation step(s) = 192 tokens per "
+            "optimizer step") in caplog.text  # not the unused per_device_train_batch_size
     state = json.loads((result.output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 6
     rows = [json.loads(line) for line in (result.output_dir / "predictions.jsonl").read_text().splitlines()]
