@@ -31,6 +31,9 @@ class ScratchArchitecture:
     # BART wraps every sequence in <s> ... </s>; T5 and Marian only append </s>.
     template: str
     defaults: dict[str, Any]
+    # Marian NMT vocabularies end with <pad>, and CTranslate2's Marian converter drops the last id
+    # as that <pad>: with <pad> first, `--backend ct2` could not convert a model trained from scratch.
+    pad_last: bool = False
 
 
 SCRATCH_ARCHITECTURES: dict[str, ScratchArchitecture] = {
@@ -51,6 +54,7 @@ SCRATCH_ARCHITECTURES: dict[str, ScratchArchitecture] = {
         {"d_model": 256, "encoder_layers": 3, "decoder_layers": 3, "encoder_attention_heads": 4,
          "decoder_attention_heads": 4, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024,
          "max_position_embeddings": 1024, "dropout": 0.1, "share_encoder_decoder_embeddings": True},
+        pad_last=True,
     ),
 }
 
@@ -169,12 +173,14 @@ def load_pretrained(model_args: Any, quantization_config: Any = None):
     return tokenizer, model
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, template: str):
-    """A BPE tokenizer with SentencePiece-style word boundaries, trained on the given texts."""
+def train_tokenizer(texts: list[str], vocab_size: int, template: str, pad_last: bool = False):
+    """A BPE tokenizer with SentencePiece-style word boundaries, trained on the given texts; its special
+    tokens take the first ids, or with `pad_last` all but <pad>, which then takes the last one."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = list(SPECIAL_TOKENS.values())
+    pad = SPECIAL_TOKENS["pad_token"]
+    specials = [t for t in SPECIAL_TOKENS.values() if not (pad_last and t == pad)]
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     tokenizer.normalizer = normalizers.NFKC()
     # One token per digit: numbers are copied and reordered digit by digit, and merged digit
@@ -184,6 +190,8 @@ def train_tokenizer(texts: list[str], vocab_size: int, template: str):
     )
     tokenizer.decoder = decoders.Metaspace()
     tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
+    if pad_last:
+        tokenizer.add_special_tokens([pad])
     used = [t for t in specials if t in template.split()]
     tokenizer.post_processor = processors.TemplateProcessing(
         single=template, special_tokens=[(t, tokenizer.token_to_id(t)) for t in used]
@@ -203,7 +211,7 @@ def build_scratch(model_args: Any, texts: list[str], max_positions: int):
     if unknown:
         raise ConfigError(f"{arch.config_class} has no field {unknown[0]!r}", key=f"model_config.{unknown[0]}",
                           hint=did_you_mean(unknown[0], known) or "see the config class documentation")
-    tokenizer = train_tokenizer(texts, model_args.tokenizer_vocab_size, arch.template)
+    tokenizer = train_tokenizer(texts, model_args.tokenizer_vocab_size, arch.template, arch.pad_last)
     if "max_position_embeddings" in known:
         sizes["max_position_embeddings"] = max(sizes.get("max_position_embeddings", 0), max_positions)
     ids = {

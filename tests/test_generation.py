@@ -272,6 +272,21 @@ def test_ct2_backend_matches_transformers_and_caches_the_conversion(family, tiny
     assert scores == sorted(scores, reverse=True)
 
 
+def test_a_marian_trained_from_scratch_converts_for_ct2(quick_args):
+    """Marian NMT vocabularies end with <pad>, and CTranslate2's converter drops the last id as that <pad>:
+    our scratch Marian tokenizer puts <pad> last, so its models convert and decode as with transformers."""
+    pytest.importorskip("ctranslate2")
+    result = hf_encdec.train({**quick_args, "max_steps": 30, "learning_rate": 3e-3, "tokenizer_vocab_size": 120,
+                              "model_config": {"architecture": "marian", "d_model": 32, "encoder_layers": 1,
+                                               "decoder_layers": 1, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64}})
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(result.output_dir)
+    assert tokenizer.pad_token_id == len(tokenizer) - 1
+    expected = reference_predictions(result.output_dir, SOURCES, max_new_tokens=8)
+    assert hf_encdec.generate(str(result.output_dir), SOURCES, "greedy", backend="ct2", max_new_tokens=8) == expected
+
+
 def test_evaluate_with_the_ct2_backend_scores_what_transformers_scores(tiny_models, pair_files, tmp_path):
     pytest.importorskip("ctranslate2")
     model = tmp_path / "bart"
