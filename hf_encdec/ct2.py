@@ -52,6 +52,14 @@ def converted_model(loaded) -> Path:
     return target
 
 
+def _vocabulary(converted: Path) -> list[str]:
+    """The target tokens of a converted model (a shared vocabulary, or the target side's)."""
+    for name in ("shared_vocabulary.json", "target_vocabulary.json"):
+        if (converted / name).is_file():
+            return json.loads((converted / name).read_text(encoding="utf-8"))
+    return []
+
+
 def _weights_stamp(source: Path | None) -> dict[str, Any]:
     if source is None:
         return {}
@@ -60,6 +68,13 @@ def _weights_stamp(source: Path | None) -> dict[str, Any]:
 
 def _convert(loaded, target: Path, stamp: dict[str, Any]) -> None:
     import ctranslate2
+
+    from .modeling import zero_start_embedding
+
+    if loaded.model.config.model_type == "marian" and not zero_start_embedding(loaded.model):
+        raise ModelError("CTranslate2 cannot convert this Marian model exactly: it starts decoding from a zero "
+                         "vector, and this model's decoder start (<pad>) embedding is not zero (it was trained)",
+                         key="backend", hint="use --backend transformers")
 
     logger.info("converting the model for CTranslate2 into %s (once)", target)
     with tempfile.TemporaryDirectory() as work:
@@ -118,10 +133,14 @@ class Ct2Generator:
         self.truncated = 0
         self.oom_splits = 0
         self.prefix = self._token_list(generation_config.forced_bos_token_id)
-        self.suppress = [[t] for t in self._token_list(*(generation_config.suppress_tokens or []))]
+        converted = converted_model(loaded)
+        # A token the conversion left out (Marian's <pad>) cannot be generated; named anyway, CTranslate2
+        # would read it as <unk> and suppress that instead.
+        known = set(_vocabulary(converted))
+        self.suppress = [[t] for t in self._token_list(*(generation_config.suppress_tokens or [])) if t in known]
         device = "cuda" if torch.cuda.is_available() else "cpu"
         # Under a multi-process launch each process decodes on its own GPU.
-        self.translator = ctranslate2.Translator(str(converted_model(loaded)), device=device,
+        self.translator = ctranslate2.Translator(str(converted), device=device,
                                                  device_index=state().local_process_index if device == "cuda" else 0,
                                                  intra_threads=torch.get_num_threads())
 

@@ -31,9 +31,11 @@ class ScratchArchitecture:
     # BART wraps every sequence in <s> ... </s>; T5 and Marian only append </s>.
     template: str
     defaults: dict[str, Any]
-    # Marian NMT vocabularies end with <pad>, and CTranslate2's Marian converter drops the last id
-    # as that <pad>: with <pad> first, `--backend ct2` could not convert a model trained from scratch.
-    pad_last: bool = False
+    # Marian NMT has no <pad> token: its decoder starts from a zero vector. transformers' Marian
+    # models add <pad> as the last id, with a zero embedding, as the decoder start; CTranslate2's
+    # converter relies on both (it drops the last id and starts from zeros). Scratch Marian models
+    # follow that convention, so that `--backend ct2` converts them exactly.
+    marian_vocabulary: bool = False
 
 
 SCRATCH_ARCHITECTURES: dict[str, ScratchArchitecture] = {
@@ -54,7 +56,7 @@ SCRATCH_ARCHITECTURES: dict[str, ScratchArchitecture] = {
         {"d_model": 256, "encoder_layers": 3, "decoder_layers": 3, "encoder_attention_heads": 4,
          "decoder_attention_heads": 4, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024,
          "max_position_embeddings": 1024, "dropout": 0.1, "share_encoder_decoder_embeddings": True},
-        pad_last=True,
+        marian_vocabulary=True,
     ),
 }
 
@@ -201,6 +203,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, template: str, pad_last: 
 
 def build_scratch(model_args: Any, texts: list[str], max_positions: int):
     """Train a tokenizer on `texts` and build a randomly initialised model sized by model_config."""
+    import torch
     import transformers
 
     name, arch = scratch_architecture(model_args.model_config)
@@ -211,7 +214,7 @@ def build_scratch(model_args: Any, texts: list[str], max_positions: int):
     if unknown:
         raise ConfigError(f"{arch.config_class} has no field {unknown[0]!r}", key=f"model_config.{unknown[0]}",
                           hint=did_you_mean(unknown[0], known) or "see the config class documentation")
-    tokenizer = train_tokenizer(texts, model_args.tokenizer_vocab_size, arch.template, arch.pad_last)
+    tokenizer = train_tokenizer(texts, model_args.tokenizer_vocab_size, arch.template, arch.marian_vocabulary)
     if "max_position_embeddings" in known:
         sizes["max_position_embeddings"] = max(sizes.get("max_position_embeddings", 0), max_positions)
     ids = {
@@ -226,9 +229,33 @@ def build_scratch(model_args: Any, texts: list[str], max_positions: int):
     config = config_class(**sizes, **ids)
     model = getattr(transformers, arch.model_class)(config)
     _set_generation_ids(model, ids)
+    if arch.marian_vocabulary:
+        with torch.no_grad():
+            model.get_input_embeddings().weight[tokenizer.pad_token_id] = 0
+        model.generation_config.suppress_tokens = [tokenizer.pad_token_id]  # as Opus-MT's bad_words_ids
     logger.info("built %s from scratch: %.1fM parameters, vocabulary %d", name, model.num_parameters() / 1e6,
                 len(tokenizer))
     return tokenizer, model
+
+
+def zero_start_embedding(model: Any) -> bool:
+    """True for a Marian model whose decoder start (<pad>) embedding is zero, as Marian NMT's is."""
+    if model.config.model_type != "marian" or model.config.pad_token_id is None:
+        return False
+    return not model.get_input_embeddings().weight[model.config.pad_token_id].any()
+
+
+def keep_start_embedding_zero(model: Any) -> None:
+    """Keep a Marian model's zero <pad> embedding at zero while training. The output layer shares it, and
+    the softmax over all ids would otherwise train it like any word, away from what Marian NMT and
+    CTranslate2 start decoding from. (It is never a target: labels hold -100 where padding is.)"""
+    import torch
+
+    if not zero_start_embedding(model):
+        return
+    weight, pad = model.get_input_embeddings().weight, model.config.pad_token_id
+    if weight.requires_grad:
+        weight.register_hook(lambda grad: grad.index_fill(0, torch.tensor([pad], device=grad.device), 0))
 
 
 def _set_generation_ids(model: Any, ids: dict[str, int]) -> None:

@@ -18,7 +18,15 @@ from . import data as data_lib
 from .adapters import apply_peft, quantization_config, save_merged
 from .config import RunConfig, load_config
 from .errors import ConfigError
-from .modeling import build_scratch, check_lengths, check_precision, count_parameters, load_pretrained, model_type_of
+from .modeling import (
+    build_scratch,
+    check_lengths,
+    check_precision,
+    count_parameters,
+    keep_start_embedding_zero,
+    load_pretrained,
+    model_type_of,
+)
 from .presets import load_user_presets, make_preset, preset_names, save_presets
 from .tasks import TaskAdapter, get_task
 
@@ -229,6 +237,7 @@ def build_model(config: RunConfig, task: TaskAdapter, train: data_lib.Split, qua
                     parts["decoder"], ", ".join(parts["random_init"]))
     else:
         tokenizer, model = load_pretrained(config.model, quantization)
+    keep_start_embedding_zero(model)
     if config.adapter.peft:
         model = apply_peft(model, config.adapter, bool(config.training.get("gradient_checkpointing")))
     trainable, total = count_parameters(model)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import hf_encdec
 from hf_encdec.cli import main
@@ -272,19 +273,32 @@ def test_ct2_backend_matches_transformers_and_caches_the_conversion(family, tiny
     assert scores == sorted(scores, reverse=True)
 
 
-def test_a_marian_trained_from_scratch_converts_for_ct2(quick_args):
-    """Marian NMT vocabularies end with <pad>, and CTranslate2's converter drops the last id as that <pad>:
-    our scratch Marian tokenizer puts <pad> last, so its models convert and decode as with transformers."""
+def test_a_marian_trained_from_scratch_converts_for_ct2(quick_args, tmp_path):
+    """CTranslate2's Marian converter drops the last id as <pad> and starts decoding from a zero vector, as
+    Marian NMT does. Our scratch Marian puts <pad> last with a zero embedding that training leaves at zero,
+    so it decodes as with transformers; a Marian whose start embedding was trained is refused, not
+    converted into something that decodes differently."""
     pytest.importorskip("ctranslate2")
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from hf_encdec.errors import ModelError
+
     result = hf_encdec.train({**quick_args, "max_steps": 30, "learning_rate": 3e-3, "tokenizer_vocab_size": 120,
                               "model_config": {"architecture": "marian", "d_model": 32, "encoder_layers": 1,
                                                "decoder_layers": 1, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64}})
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(result.output_dir)
-    assert tokenizer.pad_token_id == len(tokenizer) - 1
+    model = AutoModelForSeq2SeqLM.from_pretrained(result.output_dir)
+    pad = tokenizer.pad_token_id
+    assert pad == len(tokenizer) - 1 and not model.get_input_embeddings().weight[pad].any()
     expected = reference_predictions(result.output_dir, SOURCES, max_new_tokens=8)
     assert hf_encdec.generate(str(result.output_dir), SOURCES, "greedy", backend="ct2", max_new_tokens=8) == expected
+
+    with torch.no_grad():
+        model.get_input_embeddings().weight[pad] = 0.1
+    model.save_pretrained(tmp_path / "trained-start")
+    tokenizer.save_pretrained(tmp_path / "trained-start")
+    with pytest.raises(ModelError, match="start .* embedding is not zero"):
+        hf_encdec.generate(str(tmp_path / "trained-start"), SOURCES[:2], backend="ct2")
 
 
 def test_evaluate_with_the_ct2_backend_scores_what_transformers_scores(tiny_models, pair_files, tmp_path):
