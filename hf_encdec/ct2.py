@@ -52,7 +52,7 @@ def converted_model(loaded) -> Path:
     return target
 
 
-def _vocabulary(converted: Path) -> list[str]:
+def vocabulary(converted: Path) -> list[str]:
     """The target tokens of a converted model (a shared vocabulary, or the target side's)."""
     for name in ("shared_vocabulary.json", "target_vocabulary.json"):
         if (converted / name).is_file():
@@ -136,7 +136,7 @@ class Ct2Generator:
         converted = converted_model(loaded)
         # A token the conversion left out (Marian's <pad>) cannot be generated; named anyway, CTranslate2
         # would read it as <unk> and suppress that instead.
-        known = set(_vocabulary(converted))
+        known = set(vocabulary(converted))
         self.suppress = [[t] for t in self._token_list(*(generation_config.suppress_tokens or [])) if t in known]
         device = "cuda" if torch.cuda.is_available() else "cpu"
         # Under a multi-process launch each process decodes on its own GPU.

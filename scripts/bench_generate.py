@@ -177,11 +177,16 @@ def main() -> None:
     if args.ct2:
         import ctranslate2
 
-        from hf_encdec.ct2 import converted_model
+        from hf_encdec.ct2 import converted_model, vocabulary
         from hf_encdec.generation import LoadedModel
 
         loaded = LoadedModel(model, tokenizer, path=str(model_dir))
-        translator = ctranslate2.Translator(str(converted_model(loaded)), intra_threads=torch.get_num_threads())
+        converted = converted_model(loaded)
+        translator = ctranslate2.Translator(str(converted), intra_threads=torch.get_num_threads())
+        # What CTranslate2 can generate: Marian's <pad> is not in its vocabulary, so there is nothing to suppress.
+        ct2_vocabulary = set(vocabulary(converted))
+        ct2_suppress = [i for i in model.generation_config.suppress_tokens or []
+                        if tokenizer.convert_ids_to_tokens(i) in ct2_vocabulary]
 
     rows = []
     for name, beams in (("greedy", 1), ("beam", 4)):
@@ -195,7 +200,7 @@ def main() -> None:
         runs["(b') sorted batches"] = timed(fixed_batches, model, tokenizer, sources, settings, args.batch_size, True)
         runs["(c) hf_encdec"] = timed(ours, model, tokenizer, sources, settings, name, args.max_tokens)
         if args.ct2:
-            raw_settings = {**settings, "suppress_tokens": model.generation_config.suppress_tokens}
+            raw_settings = {**settings, "suppress_tokens": ct2_suppress}
             runs["(ct2) raw translate_batch"] = timed(raw_ct2, translator, tokenizer, sources, raw_settings,
                                                       args.batch_size)
             runs["(c) hf_encdec --backend ct2"] = timed(ours_ct2, loaded, sources, settings, name, args.max_tokens)
