@@ -10,6 +10,7 @@ Prints generated tokens/s (the tokens of (b), per preset) and the ratios, and ch
 outputs match (a) exactly and beam outputs match (a), or (b) with --skip_per_example_beam.
 
     python scripts/bench_generate.py --ct2 --threads 1      # a small T5 built here, skewed input
+    python scripts/bench_generate.py --train_steps 600      # the same T5 trained on Multi30k first
     python scripts/bench_generate.py --model runs/multi30k --rows 240 --max_new_tokens 160 --threads 1
 
 Inputs are English Multi30k captions (../shared/data/multi30k) when present, synthetic
@@ -69,6 +70,23 @@ def build_model(directory: Path, sentences: list[str]) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def train_model(directory: Path, steps: int) -> Path:
+    """The same small T5 trained from scratch on Multi30k En→De by hf_encdec, so that its outputs end where a
+    trained model's do (a random model runs most rows to the length limit: nothing finishes early)."""
+    import hf_encdec
+
+    data = MULTI30K.parent
+    result = hf_encdec.train({
+        "task": "translation", "source_lang": "en", "target_lang": "de",
+        "train_file": str(data / "train.{lang}.gz"), "validation_file": str(data / "val.{lang}.gz"),
+        "model_config": {"architecture": "t5", "d_model": 128, "d_ff": 512, "d_kv": 32, "num_heads": 4,
+                         "num_layers": 2},
+        "tokenizer_vocab_size": 4000, "max_steps": steps, "max_tokens": 2560, "learning_rate": 3e-3,
+        "warmup_steps": steps // 10, "output_dir": str(directory), "eval_strategy": "no", "save_strategy": "no",
+        "max_eval_samples": 64, "disable_tqdm": True, "report_to": "none"})
+    return result.output_dir
 
 
 def generated(ids, pad_token_id: int) -> int:
@@ -157,7 +175,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip_per_example_beam", action="store_true", help="(a) for greedy only")
     parser.add_argument("--ct2", action="store_true", help="add CTranslate2 rows (pip install ctranslate2)")
+    parser.add_argument("--train_steps", type=int, default=0,
+                        help="train the small T5 this many steps on Multi30k first (default: random weights)")
     args = parser.parse_args()
+    if args.train_steps and (args.model or not MULTI30K.exists()):
+        parser.error("--train_steps trains the T5 built here on ../shared/data/multi30k: give no --model, have the data")
 
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -166,7 +188,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     sentences = read_sentences(20000)
     sources = skewed_inputs(sentences, args.rows)
-    model_dir = Path(args.model) if args.model else build_model(Path(tempfile.mkdtemp()) / "t5", sentences)
+    if args.model:
+        model_dir = Path(args.model)
+    elif args.train_steps:
+        model_dir = train_model(Path(tempfile.mkdtemp()) / "t5", args.train_steps)
+    else:
+        model_dir = build_model(Path(tempfile.mkdtemp()) / "t5", sentences)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
     lengths = sorted(len(ids) for ids in tokenizer(sources)["input_ids"])
