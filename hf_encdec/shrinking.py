@@ -116,9 +116,9 @@ def greedy_search(model, input_ids, logits_processor, stopping_criteria, generat
         unfinished &= ~stopping_criteria(input_ids, None)
         if not unfinished.any():
             break
-        finished = (~unfinished).sum()
-        if finished >= max(1, DROP_SHARE * len(alive)):
-            for row, tokens in zip(alive[~unfinished].tolist(), input_ids[~unfinished]):
+        finished = ~unfinished
+        if finished.sum() >= max(1, DROP_SHARE * len(alive)):
+            for row, tokens in zip(alive[finished].tolist(), input_ids[finished]):
                 results[row] = tokens
             keep = unfinished.nonzero().flatten()
             model_kwargs["cache"].self_attention_cache.batch_select_indices(keep)
