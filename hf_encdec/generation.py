@@ -90,6 +90,13 @@ def resolve_preset(loaded: LoadedModel, name: str | None, *, presets_file: str |
     return make_preset(name, base=base, user_presets=user, overrides=overrides, trust_remote_code=trust_remote_code)
 
 
+def source_budget(max_tokens: int | None, config) -> int:
+    """Padded source tokens a batch. The budget counts decoder rows too: beam search (and n samples)
+    multiplies every batch, so each row's share shrinks by that width."""
+    width = max(config.num_beams or 1, config.num_return_sequences or 1)
+    return max(1, (max_tokens or DEFAULT_MAX_TOKENS) // width)
+
+
 def check_batching(max_tokens: int | None, batch_size: int | None, max_source_length: int | None) -> None:
     if max_tokens is not None and batch_size is not None:
         raise ConfigError("give max_tokens or batch_size, not both", key="max_tokens")
@@ -111,9 +118,7 @@ class Generator:
         self.config.return_dict_in_generate = True
         self.config.output_scores = self.nbest
         self.decoding = decoding_kwargs(self.config.num_beams, self.config.do_sample)  # batches that shrink
-        # The budget counts decoder rows too: beam search (and n samples) multiplies every batch.
-        width = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
-        self.max_tokens = None if batch_size else max(1, (max_tokens or DEFAULT_MAX_TOKENS) // width)
+        self.max_tokens = None if batch_size else source_budget(max_tokens, generation_config)
         self.batch_size = batch_size
         self.max_source_length = max_source_length or _position_limit(self.model)
         self.seed = seed
@@ -202,9 +207,11 @@ def make_generator(loaded: LoadedModel, generation_config, *, backend: str = "tr
     except ImportError as err:
         raise ConfigError("--backend ct2 needs CTranslate2", key="backend", hint="pip install ctranslate2") from err
     max_source_length = settings.get("max_source_length") or _position_limit(loaded.model)
-    return Ct2Generator(loaded, generation_config, max_tokens=None if settings.get("batch_size") else (
-        settings.get("max_tokens") or DEFAULT_MAX_TOKENS), batch_size=settings.get("batch_size"),
-        max_source_length=max_source_length, seed=settings.get("seed", 42))
+    # The same budget as the transformers backend: on a CPU, beam 4 with the budget divided by 4 took
+    # 2.62 s where the whole budget took 2.70 s (random T5, 480 rows; raw translate_batch 2.47 s).
+    max_tokens = None if settings.get("batch_size") else source_budget(settings.get("max_tokens"), generation_config)
+    return Ct2Generator(loaded, generation_config, max_tokens=max_tokens, batch_size=settings.get("batch_size"),
+                        max_source_length=max_source_length, seed=settings.get("seed", 42))
 
 
 def _position_limit(model) -> int | None:
