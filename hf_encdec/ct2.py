@@ -52,7 +52,16 @@ def converted_model(loaded) -> Path:
     return target
 
 
-def vocabulary(converted: Path) -> list[str]:
+def suppress_sequences(tokenizer, token_ids, converted: Path) -> list[list[str]]:
+    """`suppress_tokens` as translate_batch's `suppress_sequences`. A token the conversion left out
+    (Marian's <pad>) cannot be generated; named anyway, CTranslate2 would read it as <unk> and
+    suppress that instead."""
+    known = set(_vocabulary(converted))
+    tokens = [tokenizer.convert_ids_to_tokens(i) for i in token_ids or []]
+    return [[t] for t in tokens if t in known]
+
+
+def _vocabulary(converted: Path) -> list[str]:
     """The target tokens of a converted model (a shared vocabulary, or the target side's)."""
     for name in ("shared_vocabulary.json", "target_vocabulary.json"):
         if (converted / name).is_file():
@@ -134,10 +143,7 @@ class Ct2Generator:
         self.oom_splits = 0
         self.prefix = self._token_list(generation_config.forced_bos_token_id)
         converted = converted_model(loaded)
-        # A token the conversion left out (Marian's <pad>) cannot be generated; named anyway, CTranslate2
-        # would read it as <unk> and suppress that instead.
-        known = set(vocabulary(converted))
-        self.suppress = [[t] for t in self._token_list(*(generation_config.suppress_tokens or [])) if t in known]
+        self.suppress = suppress_sequences(self.tokenizer, generation_config.suppress_tokens, converted)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         # Under a multi-process launch each process decodes on its own GPU.
         self.translator = ctranslate2.Translator(str(converted), device=device,

@@ -147,11 +147,10 @@ def ours_ct2(loaded, sources, settings, preset, max_tokens):
 
 def raw_ct2(translator, tokenizer, sources, settings, batch_size):
     """The plain CTranslate2 loop: tokens in, translate_batch, tokens out."""
-    suppress = [[tokenizer.convert_ids_to_tokens(i)] for i in settings.get("suppress_tokens") or []]
     tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer(sources)["input_ids"]]
     results = translator.translate_batch(tokens, beam_size=settings["num_beams"], max_batch_size=batch_size,
                                          max_decoding_length=settings["max_new_tokens"],
-                                         suppress_sequences=suppress or None)
+                                         suppress_sequences=settings.get("suppress_sequences") or None)
     outputs = [tokenizer.decode(tokenizer.convert_tokens_to_ids(r.hypotheses[0]), skip_special_tokens=True).strip()
                for r in results]
     return outputs, None
@@ -179,7 +178,8 @@ def main() -> None:
                         help="train the small T5 this many steps on Multi30k first (default: random weights)")
     args = parser.parse_args()
     if args.train_steps and (args.model or not MULTI30K.exists()):
-        parser.error("--train_steps trains the T5 built here on ../shared/data/multi30k: give no --model, have the data")
+        parser.error("--train_steps trains the T5 built here on ../shared/data/multi30k: "
+                     "give no --model, and have that data")
 
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -204,16 +204,13 @@ def main() -> None:
     if args.ct2:
         import ctranslate2
 
-        from hf_encdec.ct2 import converted_model, vocabulary
+        from hf_encdec.ct2 import converted_model, suppress_sequences
         from hf_encdec.generation import LoadedModel
 
         loaded = LoadedModel(model, tokenizer, path=str(model_dir))
         converted = converted_model(loaded)
         translator = ctranslate2.Translator(str(converted), intra_threads=torch.get_num_threads())
-        # What CTranslate2 can generate: Marian's <pad> is not in its vocabulary, so there is nothing to suppress.
-        ct2_vocabulary = set(vocabulary(converted))
-        ct2_suppress = [i for i in model.generation_config.suppress_tokens or []
-                        if tokenizer.convert_ids_to_tokens(i) in ct2_vocabulary]
+        ct2_suppress = suppress_sequences(tokenizer, model.generation_config.suppress_tokens, converted)
 
     rows = []
     for name, beams in (("greedy", 1), ("beam", 4)):
@@ -227,7 +224,7 @@ def main() -> None:
         runs["(b') sorted batches"] = timed(fixed_batches, model, tokenizer, sources, settings, args.batch_size, True)
         runs["(c) hf_encdec"] = timed(ours, model, tokenizer, sources, settings, name, args.max_tokens)
         if args.ct2:
-            raw_settings = {**settings, "suppress_tokens": ct2_suppress}
+            raw_settings = {**settings, "suppress_sequences": ct2_suppress}
             runs["(ct2) raw translate_batch"] = timed(raw_ct2, translator, tokenizer, sources, raw_settings,
                                                       args.batch_size)
             runs["(c) hf_encdec --backend ct2"] = timed(ours_ct2, loaded, sources, settings, name, args.max_tokens)
