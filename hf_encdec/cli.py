@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from .errors import ConfigError, UserError, did_you_mean
+from .errors import ConfigError, UserError, did_you_mean, disk_full, is_disk_full
 
 USAGE = """usage: hf-encdec COMMAND [ARGS] [--debug]
 
@@ -69,19 +69,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[command](args)
     except UserError as err:
-        if debug:
-            traceback.print_exc()
-        from .distributed import report_launched_error
-
-        line = f"hf-encdec: error: {err.one_line()}"
-        if not report_launched_error(line):
-            print(line, file=sys.stderr)
-        return 2
+        return _report(err, debug)
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        # A write no closer boundary caught: every file we finish is renamed into place, so what is
+        # complete stays complete. The writes that can resume (generate, checkpoints) say more on their own.
+        kept = "finished files and complete checkpoints are kept; partial ones are never renamed into place"
+        return _report(disk_full(getattr(err, "filename", None) or "the output", kept), debug)
     except KeyboardInterrupt:
         print("hf-encdec: interrupted", file=sys.stderr)
         return 130
     finally:  # main() may run in-process (tests, notebooks): leave the caller's logging as it was
         _restore_logging(previous_logging)
+
+
+def _report(err: UserError, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    from .distributed import report_launched_error
+
+    line = f"hf-encdec: error: {err.one_line()}"
+    if not report_launched_error(line):
+        print(line, file=sys.stderr)
+    return 2
 
 
 def train_command(args: list[str]) -> int:

@@ -10,6 +10,7 @@ same in its `errors.py`).
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 
@@ -81,3 +82,30 @@ class HubError(UserError, OSError):
 
 class NonFiniteLossError(UserError, ArithmeticError):
     """The training loss became NaN or infinite: the run stops before the weights are spoiled."""
+
+
+class DiskFullError(UserError, OSError):
+    """The disk (or quota) filled up while writing: what was complete is kept, and re-running continues."""
+
+
+# errno values that mean "no room left": a full filesystem, or a full user quota.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """True for an OSError of a full disk, also when a library wrapped it (torch raises RuntimeError)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return True
+        if "No space left on device" in str(err) or "Disk quota exceeded" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def disk_full(path: object, kept: str) -> DiskFullError:
+    """The one line for a full disk at `path`: what was kept, and that re-running continues."""
+    return DiskFullError(f"no space left on the device; {kept}", path=str(path),
+                         hint="free some space and re-run the same command: it continues from what was kept")
