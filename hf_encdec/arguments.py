@@ -206,6 +206,52 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "report_to": "none",
 }
 
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _non_negative(v: float) -> bool:
+    return v >= 0
+
+
+def _fraction(v: float) -> bool:
+    return 0 <= v < 1
+
+
+def _seed(v: float) -> bool:
+    return v == int(v) and 0 <= v < 2**32
+
+
+# Seq2SeqTrainingArguments values that torch, numpy or the Trainer reject only mid-setup or mid-training
+# (with a traceback), or take and misbehave with: (test, requirement in words).
+TRAINING_LIMITS: dict[str, tuple] = {
+    "learning_rate": (_non_negative, "a number >= 0"),  # torch.optim: "Invalid learning rate"
+    "weight_decay": (_non_negative, "a number >= 0"),  # torch.optim: "Invalid weight_decay value"
+    "adam_beta1": (_fraction, "in [0, 1)"),  # torch.optim.AdamW: "Invalid beta parameter at index 0"
+    "adam_beta2": (_fraction, "in [0, 1)"),
+    "adam_epsilon": (_non_negative, "a number >= 0"),  # torch.optim.AdamW: "Invalid epsilon value"
+    "max_grad_norm": (_non_negative, "a number >= 0 (0 turns clipping off)"),  # negative: clipping flips signs
+    "label_smoothing_factor": (_fraction, "in [0, 1)"),  # 1 would make every target token equally likely
+    "warmup_steps": (_non_negative, "a number >= 0 (below 1: a fraction of the training steps)"),
+    "warmup_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "num_train_epochs": (_positive, "positive"),
+    "per_device_train_batch_size": (_positive, "positive"),
+    "per_device_eval_batch_size": (_positive, "positive"),
+    "gradient_accumulation_steps": (_positive, "positive"),
+    "eval_accumulation_steps": (_positive, "positive"),
+    "eval_steps": (_positive, "positive"),
+    "save_steps": (_positive, "positive"),
+    "logging_steps": (_positive, "positive"),
+    "max_steps": (lambda v: v > 0 or v == -1, "positive (or -1 to train num_train_epochs)"),
+    "save_total_limit": (_non_negative, "a number >= 0"),
+    "dataloader_num_workers": (_non_negative, "a number >= 0"),
+    "generation_max_length": (_positive, "positive"),
+    "generation_num_beams": (_positive, "positive"),
+    "seed": (_seed, "a whole number in [0, 2**32)"),  # numpy.random.seed rejects the rest
+    "data_seed": (_seed, "a whole number in [0, 2**32)"),
+}
+
 # Names from run_translation.py / run_summarization.py (and older transformers) that we spell differently.
 ALIASES: dict[str, str] = {
     "text_column": "source_column",

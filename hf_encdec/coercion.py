@@ -2,6 +2,8 @@
 
 Command-line values arrive as strings and PyYAML reads `3e-4` as a string (YAML 1.1), so
 numbers, booleans and lists are parsed here by declared type rather than trusted to the parser.
+A command-line value is read as YAML only where its key takes a list or a mapping: `--source_prefix
+"[fix] "` stays the text it is.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import types
 import typing
 from typing import Any
 
-import yaml
-
+from . import strict_yaml
 from .errors import ConfigError
+from .library_fields import LibraryType
 
 
 def _type_name(annotation: Any) -> str:
@@ -38,12 +40,18 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
         if type(None) in members:
             return None
         raise ConfigError("needs a value, got null", key=key, hint=f"give a {_type_name(annotation)}")
-    for member in members:
+    if isinstance(value, str) and value.lstrip()[:1] in ("[", "{") and any(map(_is_container, members)):
+        value = strict_yaml.load(value, key=key)  # `--metrics [bleu, chrf]`, `--presets '{"b6": {...}}'`
+    for member in sorted(members, key=lambda m: isinstance(m, type) and issubclass(m, LibraryType)):
         converted = _convert(value, member)
         if converted is not _NO:
             return converted
     expected = " or ".join(_type_name(m) for m in members if m is not type(None))
     raise ConfigError(f"expected {expected}, got {value!r}", key=key)
+
+
+def _is_container(annotation: Any) -> bool:
+    return annotation in (list, dict) or typing.get_origin(annotation) in (list, dict)
 
 
 _NO = object()
@@ -86,10 +94,5 @@ def _convert(value: Any, target: Any) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         return list(value) if isinstance(value, (list, tuple)) else _NO
     if target is dict or origin is dict:
-        if isinstance(value, str):
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                return _NO
         return value if isinstance(value, dict) else _NO
-    return value  # complex library types (GenerationConfig, DebugOption lists): let the library validate
+    return value  # transformers' own types (enums, GenerationConfig, DebugOption lists): the library validates

@@ -18,10 +18,12 @@ from typing import Any
 
 import yaml
 
+from . import strict_yaml
 from .arguments import (
     ALIASES,
     GROUPS,
     TRAINING_DEFAULTS,
+    TRAINING_LIMITS,
     AdapterArguments,
     BatchingArguments,
     DataArguments,
@@ -30,6 +32,7 @@ from .arguments import (
 )
 from .coercion import coerce
 from .errors import ConfigError, did_you_mean
+from .library_fields import training_argument_types
 from .tasks import TASKS
 
 SECRET_KEYS = {"token", "hub_token"}
@@ -37,31 +40,20 @@ SECRET_KEYS = {"token", "hub_token"}
 RECIPE_RELATIVE_KEYS = ("train_file", "validation_file", "test_file", "presets")
 
 
-# Seq2SeqTrainingArguments accepts zero or negative values for these and fails later, mid-setup, with a traceback.
-POSITIVE_TRAINING_KEYS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                          "num_train_epochs", "eval_steps", "save_steps", "logging_steps")
-
-
 def _training_value_problems(training: dict[str, Any]) -> list[ConfigError]:
+    """Seq2SeqTrainingArguments values outside the range torch or the Trainer accept (arguments.TRAINING_LIMITS)."""
     problems = []
     for key, value in training.items():  # torch takes a NaN learning rate and fails mid-setup
         if isinstance(value, float) and not math.isfinite(value):
             problems.append(ConfigError(f"must be a finite number, got {value}", key=key))
-    for key in POSITIVE_TRAINING_KEYS:
-        value = training.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            problems.append(ConfigError(f"must be positive, got {value}", key=key))
-    if training.get("max_steps") == 0:
-        problems.append(ConfigError("must be positive (or -1 to train num_train_epochs), got 0", key="max_steps"))
+        elif key in TRAINING_LIMITS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            valid, requirement = TRAINING_LIMITS[key]
+            if not valid(value):
+                problems.append(ConfigError(f"must be {requirement}, got {value}", key=key))
+    if not str(training.get("output_dir") or "").strip():
+        problems.append(ConfigError("needs a folder path, got an empty one", key="output_dir",
+                                    hint="e.g. --output_dir runs/my-run"))
     return problems
-
-
-def _training_fields() -> dict[str, Any]:
-    """Name -> type annotation of every Seq2SeqTrainingArguments field."""
-    from transformers import Seq2SeqTrainingArguments
-
-    hints = typing.get_type_hints(Seq2SeqTrainingArguments)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Seq2SeqTrainingArguments) if f.init}
 
 
 def _our_fields() -> dict[str, tuple[str, dataclasses.Field, Any]]:
@@ -90,7 +82,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, origin: str = "config") -> RunConfig:
         """Build and validate a config from flat keys; report every problem at once."""
-        ours, training_types = _our_fields(), _training_fields()
+        ours, training_types = _our_fields(), training_argument_types()
         grouped: dict[str, dict[str, Any]] = {g: {} for g in GROUPS}
         training = dict(TRAINING_DEFAULTS)
         problems: list[ConfigError] = []
@@ -116,7 +108,8 @@ class RunConfig:
                 adapter=AdapterArguments(**grouped["adapter"]),
                 batching=BatchingArguments(**grouped["batching"]),
             )
-            problems = config.problems()
+            # The cheap checks first, so that a typo is reported before transformers is even imported.
+            problems = config.problems() or config.library_problems()
         if len(problems) == 1:
             raise problems[0]
         if problems:
@@ -125,7 +118,7 @@ class RunConfig:
         return config
 
     def problems(self) -> list[ConfigError]:
-        """Contradictions and out-of-range values, all of them, before anything heavy runs."""
+        """Contradictions and out-of-range values, all of them, without importing torch or transformers."""
         problems = []
         m, d, r, t = self.model, self.data, self.run, self.training
         warm_start = m.encoder_name_or_path is not None or m.decoder_name_or_path is not None
@@ -174,9 +167,13 @@ class RunConfig:
         problems.extend(self._batching_problems())
         problems.extend(self._adapter_problems())
         problems.extend(self._preset_problems())
-        if not problems:
-            problems.extend(self._training_argument_problems())
         return problems
+
+    def library_problems(self) -> list[ConfigError]:
+        """What only the libraries can tell: GenerationConfig's and Seq2SeqTrainingArguments' own validation."""
+        from .presets import check_preset_configs
+
+        return check_preset_configs(*self._preset_request()) or self._training_argument_problems()
 
     def _adapter_problems(self) -> list[ConfigError]:
         m, a = self.model, self.adapter
@@ -228,13 +225,17 @@ class RunConfig:
         return []
 
     def _preset_problems(self) -> list[ConfigError]:
-        from .presets import check_presets
+        from .presets import check_preset_fields
 
+        names, presets, _, overrides = self._preset_request()
+        return check_preset_fields(names, presets, overrides)
+
+    def _preset_request(self) -> tuple[list[str], dict | str | None, bool, dict[str, Any] | None]:
+        """(the presets this run decodes with, the user's presets, trust_remote_code, overrides of both)."""
         task = TASKS.get(self.data.task)  # an unknown task is reported on its own
         names = [self.run.eval_preset, self.run.preset or (task.default_preset if task else "greedy")]
         beams = self.training.get("generation_num_beams")
-        return check_presets(names, self.run.presets, self.model.trust_remote_code,
-                             {"num_beams": beams} if beams else None)
+        return names, self.run.presets, self.model.trust_remote_code, {"num_beams": beams} if beams else None
 
     def _training_argument_problems(self) -> list[ConfigError]:
         try:
@@ -275,17 +276,7 @@ class RunConfig:
 def read_recipe(path: str) -> dict[str, Any]:
     """Load a recipe YAML as flat keys, with its data paths made absolute."""
     recipe = Path(path)
-    if not recipe.is_file():
-        raise ConfigError("recipe file not found", path=path, hint="check the path")
-    try:
-        values = yaml.safe_load(recipe.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise ConfigError(f"invalid YAML: {problem}", path=path, line=line) from None
-    except UnicodeDecodeError:
-        raise ConfigError("recipe is not UTF-8 text", path=path) from None
+    values = strict_yaml.read(recipe, what="recipe file")
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -319,14 +310,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 def _cli_value(text: str) -> Any:
     """`null` means None; the rest stays a string for coerce() to convert by declared type."""
-    if text.lower() in ("null", "none", "~"):
-        return None
-    if text[:1] in "[{":
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError:
-            return text
-    return text
+    return None if text.lower() in ("null", "none", "~") else text
 
 
 def load_config(recipe: str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -353,4 +337,4 @@ def read_saved_config(path: Path) -> RunConfig:
             training[key] = value
     return RunConfig(model=ModelArguments(**grouped["model"]), data=DataArguments(**grouped["data"]),
                      run=RunArguments(**grouped["run"]), training=training,
-                     batching=BatchingArguments(**grouped["batching"]))
+                     adapter=AdapterArguments(**grouped["adapter"]), batching=BatchingArguments(**grouped["batching"]))

@@ -101,7 +101,7 @@ def split_options(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], di
         if key in typed:
             ours[key] = coerce(key, value, typed[key])
         elif key in known:
-            overrides[key] = parse_value(value)
+            overrides[key] = parse_value(key, value)
         else:
             raise ConfigError("unknown option", key=key, hint=did_you_mean(key, [*typed, *known]) or "see --help")
     for key in required:

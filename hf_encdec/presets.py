@@ -4,19 +4,21 @@ A preset names the decoding fields (beams, sampling, n-gram blocking ...) and no
 lengths, special token ids and forced language tokens come from the model's own
 `generation_config.json`. Built-in presets live in `PRESETS` (`register_preset` rejects
 duplicates); users add theirs as a mapping or a YAML/JSON file, and override single fields.
-Every preset is validated when the config is read, long before any training.
+Every preset is validated when the config is read, long before any training: its field names,
+types and ranges without importing transformers (library_fields.py), then the combination by
+`GenerationConfig.validate` itself.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from . import strict_yaml
+from .coercion import coerce
 from .errors import ConfigError, did_you_mean
+from .library_fields import generation_field_types
 
 PRESETS: dict[str, dict[str, Any]] = {}
 PRESET_DIR = "presets"  # OUTPUT_DIR/presets/<name>.json, loadable with GenerationConfig.from_pretrained
@@ -37,7 +39,7 @@ MOVED_TO_HUB = {
     "constrained_beam_search": "constrained beam search (constraints / force_words_ids)",
 }
 
-# Ranges GenerationConfig.validate() does not check: (field, test, requirement).
+# Ranges GenerationConfig.validate() does not check; generate() fails on them mid-run: (field, test, requirement).
 RANGES = [
     ("num_beams", lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
     ("num_return_sequences", lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
@@ -47,7 +49,25 @@ RANGES = [
     ("no_repeat_ngram_size", lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0"),
     ("max_length", lambda v: v is None or (isinstance(v, int) and v >= 1), "a whole number >= 1"),
     ("max_new_tokens", lambda v: v is None or (isinstance(v, int) and v >= 1), "a whole number >= 1"),
+    # RepetitionPenaltyLogitsProcessor: "has to be a strictly positive float"
+    ("repetition_penalty", lambda v: v is None or v > 0, "a number > 0"),
+    ("encoder_repetition_penalty", lambda v: v is None or v > 0, "a number > 0"),
+    ("typical_p", lambda v: v is None or 0 < v <= 1, "a number in (0, 1]"),
+    ("min_p", lambda v: v is None or 0 <= v <= 1, "a number in [0, 1]"),
+    ("epsilon_cutoff", lambda v: v is None or 0 <= v < 1, "a number in [0, 1)"),
+    ("eta_cutoff", lambda v: v is None or 0 <= v < 1, "a number in [0, 1)"),
+    ("min_length", lambda v: v is None or v >= 0, "a whole number >= 0"),
+    ("min_new_tokens", lambda v: v is None or v >= 0, "a whole number >= 0"),
 ]
+
+# The value a documented field type takes (bool is an int in Python, but not a number of beams).
+_TYPE_TESTS = {
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    bool: lambda v: isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
+_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 
 
 def register_preset(name: str, fields: dict[str, Any]) -> None:
@@ -67,9 +87,7 @@ register_preset("nbest", {"num_beams": 5, "num_return_sequences": 5, "early_stop
 
 
 def generation_fields() -> set[str]:
-    from transformers import GenerationConfig
-
-    return set(GenerationConfig().to_dict()) - {"transformers_version", "_from_model_config"}
+    return set(generation_field_types())
 
 
 def load_user_presets(source: dict | str | None) -> dict[str, dict[str, Any]]:
@@ -79,12 +97,7 @@ def load_user_presets(source: dict | str | None) -> dict[str, dict[str, Any]]:
     path = None
     if isinstance(source, (str, Path)):
         path = str(source)
-        if not Path(path).is_file():
-            raise ConfigError("presets file not found", key="presets", path=path, hint="check the path")
-        try:
-            source = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # YAML reads JSON too
-        except yaml.YAMLError as err:
-            raise ConfigError(f"invalid YAML/JSON: {getattr(err, 'problem', err)}", key="presets", path=path) from None
+        source = strict_yaml.read(path, key="presets", what="presets file")  # YAML reads JSON too
     if not isinstance(source, dict) or not all(isinstance(v, dict) for v in source.values()):
         raise ConfigError("presets must map each preset name to its fields", key="presets", path=path,
                           hint="e.g. {beam6: {num_beams: 6, length_penalty: 1.2}}")
@@ -134,11 +147,15 @@ def _preset_fields(name: str, user_presets: dict[str, dict] | None) -> dict[str,
 
 
 def check_fields(name: str, fields: dict[str, Any]) -> None:
-    known = generation_fields()
-    for field in fields:
+    """Names, documented types and ranges of a preset's fields: generate() would fail on them mid-run."""
+    known = generation_field_types()
+    for field, value in fields.items():
         if field not in known:
             hint = did_you_mean(field, known) or "see transformers' GenerationConfig for the fields"
             raise ConfigError(f"preset {name!r}: GenerationConfig has no field {field!r}", key=field, hint=hint)
+        declared = known[field]
+        if declared is not None and value is not None and not _TYPE_TESTS[declared](value):
+            raise ConfigError(f"preset {name!r}: {field} must be {_TYPE_WORDS[declared]}, got {value!r}", key=field)
     for field, valid, requirement in RANGES:
         if field in fields and not valid(fields[field]):
             raise ConfigError(f"preset {name!r}: {field} must be {requirement}, got {fields[field]!r}", key=field)
@@ -167,9 +184,26 @@ def _config_error(name: str, err: ValueError) -> ConfigError:
     return ConfigError(f"preset {name!r}: {text}", key=field.group(1) if field else "preset")
 
 
-def check_presets(names: list[str], presets_source: dict | str | None, trust_remote_code: bool,
-                  overrides: dict[str, Any] | None = None) -> list[ConfigError]:
-    """Config-time validation of the named presets (with `overrides`) and every user preset; all problems at once."""
+def check_preset_fields(names: list[str], presets_source: dict | str | None,
+                        overrides: dict[str, Any] | None = None) -> list[ConfigError]:
+    """Config-time check of the named presets (with `overrides`) and every user preset, without transformers."""
+    def check(name: str, user: dict[str, dict], extra: dict[str, Any] | None) -> None:
+        check_fields(name, {**_preset_fields(name, user), **(extra or {})})
+
+    return _each_preset(names, presets_source, overrides, check)
+
+
+def check_preset_configs(names: list[str], presets_source: dict | str | None, trust_remote_code: bool,
+                         overrides: dict[str, Any] | None = None) -> list[ConfigError]:
+    """The same presets built as GenerationConfigs and validated by transformers: the combinations it refuses."""
+    def check(name: str, user: dict[str, dict], extra: dict[str, Any] | None) -> None:
+        make_preset(name, user_presets=user, trust_remote_code=trust_remote_code, overrides=extra)
+
+    return _each_preset(names, presets_source, overrides, check)
+
+
+def _each_preset(names, presets_source, overrides, check) -> list[ConfigError]:
+    """check(name, user presets, overrides) for the named presets and every user preset; all problems at once."""
     try:
         user = load_user_presets(presets_source)
     except ConfigError as err:
@@ -177,8 +211,7 @@ def check_presets(names: list[str], presets_source: dict | str | None, trust_rem
     problems = []
     for name in dict.fromkeys([*names, *user]):
         try:
-            make_preset(name, user_presets=user, trust_remote_code=trust_remote_code,
-                        overrides=overrides if name in names else None)
+            check(name, user, overrides if name in names else None)
         except ConfigError as err:
             problems.append(err)
     return problems
@@ -201,20 +234,15 @@ def load_saved_preset(model_dir: str, name: str):
     return GenerationConfig.from_pretrained(model_dir, f"{PRESET_DIR}/{name}.json")
 
 
-def parse_value(text: Any) -> Any:
-    """A command-line value for a GenerationConfig field: int, float, bool, null, list, else text."""
-    if not isinstance(text, str):
-        return text
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("null", "none"):
-        return None
-    if text[:1] in "[{":
-        return json.loads(text)
-    return text
+def parse_value(field: str, value: Any) -> Any:
+    """A command-line value for a GenerationConfig field, converted by the field's documented type.
+
+    Fields documented with a richer type (eos_token_id, suppress_tokens, sequence_bias ...) are read as
+    YAML, which reads JSON too: `--suppress_tokens [5, 7]`.
+    """
+    if not isinstance(value, str):
+        return value
+    declared = generation_field_types().get(field)
+    if declared is not None:
+        return coerce(field, value, declared)
+    return strict_yaml.load(value, key=field)
