@@ -151,13 +151,7 @@ class RunConfig:
                 ConfigError("translation needs source_lang and target_lang (or source_column and target_column)",
                             key="source_lang")
             )
-        if r.metrics is not None:
-            from .metrics import check_metric_names
-
-            try:
-                check_metric_names(r.metrics)
-            except ConfigError as err:
-                problems.append(err)
+        problems.extend(self._metric_problems())
         if r.early_stopping_patience and t.get("eval_strategy") == "no":
             problems.append(
                 ConfigError("early stopping needs evaluations", key="early_stopping_patience",
@@ -168,6 +162,28 @@ class RunConfig:
         problems.extend(self._adapter_problems())
         problems.extend(self._preset_problems())
         return problems
+
+    def _metric_problems(self) -> list[ConfigError]:
+        """Unknown metric names, and a best-model metric no evaluation reports (the Trainer raises a KeyError
+        at the end of the first evaluation, after an epoch of training)."""
+        from .metrics import METRIC_KEYS, check_metric_names
+
+        r, t = self.run, self.training
+        try:
+            check_metric_names(r.metrics or [])
+        except ConfigError as err:
+            return [err]
+        task = TASKS.get(self.data.task)
+        best = t.get("metric_for_best_model") or (task.best_metric if r.early_stopping_patience and task else None)
+        if task is None or best is None or not (r.early_stopping_patience or t.get("load_best_model_at_end")):
+            return []
+        reported = ["loss", "gen_len", *(k for name in r.metrics or task.default_metrics for k in METRIC_KEYS[name])]
+        if best.removeprefix("eval_") in reported:
+            return []
+        key = "metric_for_best_model" if t.get("metric_for_best_model") else "early_stopping_patience"
+        return [ConfigError(f"the best model is chosen by {best!r}, which no evaluation reports (they report "
+                            f"{', '.join(reported)})", key=key,
+                            hint=did_you_mean(best, reported) or "set metric_for_best_model to one of them")]
 
     def library_problems(self) -> list[ConfigError]:
         """What only the libraries can tell: GenerationConfig's and Seq2SeqTrainingArguments' own validation."""

@@ -3,7 +3,8 @@
 We call the libraries directly instead of `evaluate.load`, which fetches metric scripts
 from the Hub and so cannot work offline. Every metric is a plain function
 `(predictions, references) -> {name: score}` in the `METRICS` registry; scores are on a
-0-100 scale, like sacrebleu's.
+0-100 scale, like sacrebleu's. The libraries load on first use: rouge-score pulls in nltk (0.7 s),
+and checking a config's metric names must not wait for it.
 """
 
 from __future__ import annotations
@@ -11,41 +12,46 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from rouge_score import rouge_scorer
-from sacrebleu.metrics import BLEU, CHRF, TER
-
 from .errors import ConfigError, did_you_mean
 
 MetricFn = Callable[[list[str], list[str]], dict[str, float]]
 
 METRICS: dict[str, MetricFn] = {}
+METRIC_KEYS: dict[str, tuple[str, ...]] = {}  # the scores each metric reports (metric_for_best_model picks one)
 
 ROUGE_TYPES = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
 
 # Sacrebleu metric classes, default settings (BLEU: 13a tokenizer, exp smoothing; chrF:
 # char order 6, no word n-grams; TER: tercom). Defaults keep scores comparable with papers.
-_SACREBLEU: dict[str, type] = {"bleu": BLEU, "chrf": CHRF, "ter": TER}
+_SACREBLEU = {"bleu": "BLEU", "chrf": "CHRF", "ter": "TER"}
 
 # A sentence ends at ., ! or ? followed by whitespace. Good enough for rougeLsum, and it
 # avoids nltk's punkt model, which needs a download at runtime.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
-    """Add a metric function to `METRICS` under `name`; a name can be registered once."""
+def register_metric(name: str, keys: tuple[str, ...] | None = None) -> Callable[[MetricFn], MetricFn]:
+    """Add a metric function to `METRICS` under `name` (reporting `keys`, default `name`); a name registers once."""
 
     def decorator(fn: MetricFn) -> MetricFn:
         if name in METRICS:
             raise ValueError(f"metric '{name}' is already registered")
         METRICS[name] = fn
+        METRIC_KEYS[name] = keys or (name,)
         return fn
 
     return decorator
 
 
+def _sacrebleu_metric(name: str):
+    import sacrebleu.metrics
+
+    return getattr(sacrebleu.metrics, _SACREBLEU[name])()
+
+
 def _sacrebleu_score(name: str, predictions: list[str], references: list[str]) -> float:
     # One reference per prediction: sacrebleu takes a list of reference *streams*.
-    return _SACREBLEU[name]().corpus_score(predictions, [references]).score
+    return _sacrebleu_metric(name).corpus_score(predictions, [references]).score
 
 
 @register_metric("bleu")
@@ -68,8 +74,10 @@ def split_sentences(text: str) -> str:
     return "\n".join(s for s in _SENTENCE_END.split(text.strip()) if s)
 
 
-@register_metric("rouge")
+@register_metric("rouge", keys=tuple(ROUGE_TYPES))
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(ROUGE_TYPES, use_stemmer=True)
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
     for prediction, reference in zip(predictions, references, strict=True):
@@ -108,7 +116,7 @@ def metric_signatures(names: list[str]) -> dict[str, str]:
     signatures = {}
     for name in names:
         if name in _SACREBLEU:
-            metric = _SACREBLEU[name]()
+            metric = _sacrebleu_metric(name)
             # Sacrebleu learns the number of references only by scoring something; we always
             # pass exactly one reference, so a one-line corpus gives the right signature.
             metric.corpus_score(["x"], [["x"]])

@@ -51,7 +51,8 @@ def load(text: str, *, path: str | None = None, key: str | None = None) -> Any:
         line = mark.line + 1 if mark is not None else None
         problem = getattr(err, "problem", None) or "invalid YAML"
         kind = "" if isinstance(err, _KeyProblem) else "invalid YAML: "
-        raise ConfigError(f"{kind}{problem}", path=path, line=line, key=key) from None
+        hint = None if path else "a list is written [a, b], a mapping {key: value}; quote the whole value in the shell"
+        raise ConfigError(f"{kind}{problem}", path=path, line=line, key=key, hint=hint) from None
 
 
 def read(path: str | Path, *, key: str | None = None, what: str = "file") -> Any:

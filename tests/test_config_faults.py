@@ -145,6 +145,25 @@ def test_boundary_values_that_are_valid_are_accepted(key, value):
     RunConfig.from_dict({**BASE, key: value})
 
 
+@pytest.mark.parametrize("values, key", [
+    ({"load_best_model_at_end": True, "metric_for_best_model": "bleuu"}, "metric_for_best_model"),
+    ({"task": "summarization", "load_best_model_at_end": True, "metric_for_best_model": "bleu"},
+     "metric_for_best_model"),
+    ({"early_stopping_patience": 2, "metrics": ["chrf"], "task": "translation", "source_lang": "en",
+      "target_lang": "de"}, "early_stopping_patience"),  # the task picks best by bleu, which is not computed
+])
+def test_a_best_model_metric_no_evaluation_reports_is_refused_before_training(values, key):
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({**BASE, **values})
+    assert err.value.key == key, str(err.value)
+
+
+def test_best_model_metrics_that_evaluations_report_are_accepted():
+    RunConfig.from_dict({**BASE, "load_best_model_at_end": True, "metric_for_best_model": "eval_chrf"})
+    RunConfig.from_dict({**BASE, "task": "summarization", "early_stopping_patience": 2})  # rougeL from rouge
+    RunConfig.from_dict({**BASE, "load_best_model_at_end": True})  # the Trainer's default: the loss
+
+
 # ----------------------------------------------------------------------------- presets
 
 
