@@ -23,6 +23,7 @@ from .generation import (
     BACKENDS,
     DEFAULT_WINDOW,
     LoadedModel,
+    check_batching,
     load_model,
     make_generator,
     prefix_for,
@@ -90,9 +91,10 @@ class EvaluateOptions:
 
 
 def split_options(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Flat keys into (our options, GenerationConfig overrides); unknown keys name the closest valid one."""
+    """Flat keys into (our options, GenerationConfig overrides), every value checked before the model loads."""
     from .coercion import coerce
-    from .presets import generation_fields, parse_value
+    from .metrics import check_metric_names
+    from .presets import check_fields, generation_fields, parse_value
 
     typed = typing.get_type_hints(cls)
     required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
@@ -107,8 +109,14 @@ def split_options(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], di
     for key in required:
         if ours.get(key) is None:
             raise ConfigError("is required", key=key, hint=f"give --{key}")
-    if ours.get("on_error") not in (None, "fail", "skip"):
-        raise ConfigError(f"unknown value {ours['on_error']!r}", key="on_error", hint="choose fail or skip")
+    for f in dataclasses.fields(cls):
+        choices, value = f.metadata.get("choices"), ours.get(f.name)
+        if choices and value is not None and value not in choices:
+            hint = did_you_mean(value, choices) or f"choose one of {', '.join(choices)}"
+            raise ConfigError(f"unknown value {value!r}", key=f.name, hint=hint)
+    check_batching(ours.get("max_tokens"), ours.get("batch_size"), ours.get("max_source_length"))
+    check_metric_names(ours.get("metrics") or [])
+    check_fields(None, overrides)
     return ours, overrides
 
 

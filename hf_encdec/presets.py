@@ -146,19 +146,20 @@ def _preset_fields(name: str, user_presets: dict[str, dict] | None) -> dict[str,
     return presets[name]
 
 
-def check_fields(name: str, fields: dict[str, Any]) -> None:
-    """Names, documented types and ranges of a preset's fields: generate() would fail on them mid-run."""
+def check_fields(name: str | None, fields: dict[str, Any]) -> None:
+    """Names, documented types and ranges of preset `name`'s fields (None: the command line's overrides)."""
+    origin = f"preset {name!r}: " if name is not None else ""
     known = generation_field_types()
     for field, value in fields.items():
         if field not in known:
             hint = did_you_mean(field, known) or "see transformers' GenerationConfig for the fields"
-            raise ConfigError(f"preset {name!r}: GenerationConfig has no field {field!r}", key=field, hint=hint)
+            raise ConfigError(f"{origin}GenerationConfig has no field {field!r}", key=field, hint=hint)
         declared = known[field]
         if declared is not None and value is not None and not _TYPE_TESTS[declared](value):
-            raise ConfigError(f"preset {name!r}: {field} must be {_TYPE_WORDS[declared]}, got {value!r}", key=field)
-    for field, valid, requirement in RANGES:
+            raise ConfigError(f"{origin}{field} must be {_TYPE_WORDS[declared]}, got {value!r}", key=field)
+    for field, valid, requirement in RANGES:  # generate() fails on these mid-run
         if field in fields and not valid(fields[field]):
-            raise ConfigError(f"preset {name!r}: {field} must be {requirement}, got {fields[field]!r}", key=field)
+            raise ConfigError(f"{origin}{field} must be {requirement}, got {fields[field]!r}", key=field)
 
 
 def check_config(name: str, config, user_set: set[str], trust_remote_code: bool) -> None:

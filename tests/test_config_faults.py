@@ -196,30 +196,48 @@ def test_presets_file_mistakes_name_the_file(tmp_path):
 # ----------------------------------------------------------------------------- speed: no heavy import before the check
 
 
-CONFIG_MISTAKES = [
-    ["--learnig_rate", "1e-4"],
-    ["--max_steps", "many"],
-    ["--learning_rate", "-1"],
-    ["--adam_beta1", "2"],
-    ["--output_dir", ""],
-    ["--preset", "mine", "--presets", '{"mine": {"repetition_penalty": "high"}}'],
-    ["--presets", '{"mine": {"num_beams": 2'],
-    ["--task", "translaton"],
+TRAIN = ["train", "--model_name_or_path", "x", "--train_file", "a.jsonl"]
+GENERATE = ["generate", "--model", "no-such-model", "--input", "in.txt", "--output", "out.jsonl"]
+EVALUATE = ["evaluate", "--model", "no-such-model", "--data", "in.txt"]
+CONFIG_MISTAKES = [  # (command line, the key the error names)
+    (TRAIN + ["--learnig_rate", "1e-4"], "learnig_rate"),
+    (TRAIN + ["--max_steps", "many"], "max_steps"),
+    (TRAIN + ["--learning_rate", "-1"], "learning_rate"),
+    (TRAIN + ["--adam_beta1", "2"], "adam_beta1"),
+    (TRAIN + ["--output_dir", ""], "output_dir"),
+    (TRAIN + ["--preset", "mine", "--presets", '{"mine": {"repetition_penalty": "high"}}'], "repetition_penalty"),
+    (TRAIN + ["--presets", '{"mine": {"num_beams": 2'], "presets"),
+    (TRAIN + ["--task", "translaton"], "task"),
+    (TRAIN + ["--metrics", "bleu,rouge", "--load_best_model_at_end", "--metric_for_best_model", "chrf"],
+     "metric_for_best_model"),
+    (GENERATE + ["--num_beems", "3"], "num_beems"),
+    (GENERATE + ["--repetition_penalty", "high"], "repetition_penalty"),
+    (GENERATE + ["--top_p", "3"], "top_p"),
+    (GENERATE + ["--suppress_tokens", "[1,"], "suppress_tokens"),
+    (GENERATE + ["--max_tokens", "0"], "max_tokens"),
+    (GENERATE + ["--max_tokens", "100", "--batch_size", "8"], "max_tokens"),
+    (GENERATE + ["--backend", "ct3"], "backend"),
+    (GENERATE + ["--on_error", "ignore"], "on_error"),
+    (EVALUATE + ["--num_beams", "two"], "num_beams"),
+    (EVALUATE + ["--metrics", "blue"], "metrics"),
 ]
 
 
 def test_config_mistakes_are_reported_before_torch_or_transformers_load(tmp_path):
-    """The error line comes before the 5-9 s import of torch and transformers (measured in the closing note)."""
+    """One line naming the key, before the 5-9 s import of torch and transformers (timed in the closing note)."""
+    (tmp_path / "in.txt").write_text("red cat\n")
     script = (
         "import json, sys\n"
         "from hf_encdec.cli import main\n"
-        "base = ['train', '--model_name_or_path', 'x', '--train_file', 'a.jsonl']\n"
-        "codes = [main(base + flags) for flags in json.loads(sys.argv[1])]\n"
+        "codes = [main(argv) for argv in json.loads(sys.argv[1])]\n"
         "print(json.dumps({'codes': codes, 'heavy': sorted({'torch', 'transformers'} & set(sys.modules))}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(CONFIG_MISTAKES)], capture_output=True,
-                          text=True, cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-                          timeout=120, check=True)
+    done = subprocess.run([sys.executable, "-c", script, json.dumps([argv for argv, _ in CONFIG_MISTAKES])],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"codes": [2] * len(CONFIG_MISTAKES), "heavy": []}, done.stderr
-    assert done.stderr.count("hf-encdec: error: ") == len(CONFIG_MISTAKES)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("hf-encdec: error: ")]
+    assert len(lines) == len(CONFIG_MISTAKES), done.stderr
+    for line, (_, key) in zip(lines, CONFIG_MISTAKES):
+        assert f"key '{key}'" in line, line
