@@ -3,6 +3,9 @@
 generate_file: check the input (one streaming pass) ──> load model and preset ──> resume
   where an interrupted run stopped ──> windows of rows ──> Generator ──> append in input order.
 evaluate_file: references from a data file ──> the same Generator ──> the task's metrics.
+
+Both check every output path first (resumable.check_outputs: never an input, a folder that takes
+files), so a mistake there costs no model load; generate then locks its output for the whole job.
 """
 
 from __future__ import annotations
@@ -14,11 +17,10 @@ import logging
 import time
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import distributed
-from .errors import ConfigError, DataError, did_you_mean
+from .errors import ConfigError, DataError, did_you_mean, disk_full, is_disk_full
 from .generation import (
     BACKENDS,
     DEFAULT_WINDOW,
@@ -29,8 +31,25 @@ from .generation import (
     prefix_for,
     resolve_preset,
 )
-from .resumable import ResumableOutput, refuse_finished
-from .streaming import TEXT_COLUMN, Row, check_input, first_columns, input_format, iter_rows, source_of
+from .resumable import (
+    ResumableOutput,
+    check_outputs,
+    fingerprint_file,
+    fingerprint_model,
+    refuse_finished,
+    write_atomically,
+)
+from .streaming import (
+    TEXT_COLUMN,
+    Row,
+    check_input,
+    first_columns,
+    input_format,
+    iter_rows,
+    lone_surrogate,
+    no_rows_error,
+    source_of,
+)
 
 logger = logging.getLogger("hf_encdec.generation")
 
@@ -128,6 +147,8 @@ def pick_source_column(loaded: LoadedModel, path: str, given: str | None) -> str
     if ext == ".txt":
         return TEXT_COLUMN
     columns = first_columns(path)
+    if not columns:
+        _refuse_without_columns(path, given)
     if given is not None:
         if columns and given not in columns:
             raise DataError(f"has no column '{given}' (columns: {', '.join(columns)})", path=path, column=given,
@@ -146,10 +167,24 @@ def pick_source_column(loaded: LoadedModel, path: str, given: str | None) -> str
                     hint="set --source_column")
 
 
+def _refuse_without_columns(path: str, given: str | None) -> None:
+    """No column seen: an empty file says so; otherwise the first row's problem, unless a column was given
+    (then --on_error decides, row by row)."""
+    first = next(iter_rows(path), None)
+    if first is None:
+        raise no_rows_error(path)
+    if given is None:
+        raise DataError(first.error or "has no columns", path=path, line=first.line,
+                        hint="fix the file, or set --source_column and pass --on_error skip to skip bad rows")
+
+
 def row_problem(row: Row, column: str) -> tuple[str | None, bool]:
     """(what is wrong, whether it is structural); (None, False) for a good row."""
     if row.record is None:
         return row.error, True
+    value = row.record.get(column)
+    if isinstance(value, (list, dict)):  # worded as training words it (data._text)
+        return f"value is a {type(value).__name__}, expected text", True
     source = source_of(row.record, column)
     if source is None:
         return f"missing source '{column}'", False
@@ -171,7 +206,7 @@ def scan_input(path: str, column: str, on_error: str | None) -> int:
         if problem:
             bad.append(f"{path}:{row.line} ({problem})")
     if total == 0:
-        raise DataError("has no rows", path=path, hint="add rows")
+        raise no_rows_error(path)
     if bad:
         logger.warning("%d of %d rows will be skipped (an empty line or null prediction in the output): %s",
                        len(bad), total, ", ".join(bad[:SHOW_EXAMPLES]))
@@ -187,10 +222,23 @@ def generate_file(options: GenerateOptions, overrides: dict[str, Any] | None = N
     out_ext, out_gz = input_format(options.output) if options.output.endswith((".jsonl", ".txt")) else ("", False)
     if out_ext not in (".jsonl", ".txt") or out_gz:
         raise ConfigError("the output must be a .jsonl or .txt file", key="output", path=options.output)
-    refuse_finished(options.output, options.overwrite)  # before the model loads: fail fast
     if options.window < 1:
         raise ConfigError(f"must be a positive number of rows, got {options.window}", key="window")
+    output = ResumableOutput(options.output, overwrite=options.overwrite)
+    check_outputs([("output", path) for path in output.files()],
+                  {"input": options.input, "model": options.model, "presets": options.presets})
+    refuse_finished(options.output, options.overwrite)  # before the model loads: fail fast
     current = distributed.state()
+    try:
+        distributed.on_main(current, output.lock)  # a second job on this output stops here, before a model loads
+        return _generate(options, overrides, output, out_ext, current)
+    finally:
+        output.close()
+
+
+def _generate(options: GenerateOptions, overrides: dict[str, Any] | None, output: ResumableOutput, out_ext: str,
+              current) -> dict[str, Any]:
+    input_fingerprint = _fingerprint_input(options.input)  # of the file the scan checks and the run reads
     loaded = load_model(options.model, trust_remote_code=options.trust_remote_code,
                         allow_pickle=options.allow_pickle)
     column = pick_source_column(loaded, options.input, options.source_column)
@@ -206,30 +254,36 @@ def generate_file(options: GenerateOptions, overrides: dict[str, Any] | None = N
                                    max_source_length=options.max_source_length or
                                    loaded.run_config.get("max_source_length"))
     prefix = prefix_for(loaded, options.source_prefix)
-    settings = {"model": str(Path(options.model).absolute()) if Path(options.model).exists() else options.model,
-                "input": _file_identity(options.input), "column": column, "prefix": prefix,
-                "generation": config.to_json_string(), "max_tokens": generator.max_tokens,
-                "batch_size": options.batch_size, "window": options.window, "seed": options.seed,
-                "max_source_length": generator.max_source_length, "format": out_ext, "backend": options.backend}
-    # The output, its ledger and the report belong to the main process; the others send it their windows.
-    # The output does not depend on the number of processes, so neither does the settings fingerprint:
+    # What the output depends on, part by part, so that a refused re-run can say which part changed.
+    # The output does not depend on the number of processes, so neither do the parts:
     # a run killed with 4 processes can be finished by 1, and the reverse.
-    output = ResumableOutput(options.output, settings, overwrite=options.overwrite)
-    done = distributed.on_main(current, output.start)
-    try:
-        stats = _run(generator, output, options, column, prefix, total, done, out_ext, current)
-    finally:
-        output.close()
-    if current.is_main_process:
-        output.finish()
-        _report(options.output, stats, generator.max_source_length)
+    parts = {"model files": fingerprint_model(options.model), "input file": input_fingerprint,
+             "source column, prefix and length": [column, prefix, generator.max_source_length],
+             "decoding settings": [config.to_json_string(), options.seed, options.backend],
+             "batching and output format": [generator.max_tokens, options.batch_size, options.window, out_ext]}
+    # The output, its ledger and the report belong to the main process; the others send it their windows.
+    done = distributed.on_main(current, lambda: output.start(parts))
+    stats = _run(generator, output, options, column, prefix, total, done, out_ext, current)
+    distributed.on_main(current, lambda: _finish(options, output, parts["input file"], stats, generator))
     current.wait_for_everyone()  # every process returns once the output is complete
     return stats
 
 
-def _file_identity(path: str) -> dict[str, Any]:
-    stat = Path(path).stat()
-    return {"path": str(Path(path).absolute()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def _fingerprint_input(path: str) -> str:
+    try:
+        return fingerprint_file(path)
+    except OSError as e:  # removed or made unreadable while the job runs
+        raise DataError(f"cannot be read ({e.strerror or e})", path=path, hint="check the path and its permissions") \
+            from e
+
+
+def _finish(options: GenerateOptions, output: ResumableOutput, input_fingerprint: str, stats: dict[str, Any],
+            generator) -> None:
+    if _fingerprint_input(options.input) != input_fingerprint:  # rows read before and after the change are mixed
+        raise DataError("changed while it was being read, so the output is left unfinished", path=options.input,
+                        hint="re-run with --overwrite once the input is final")
+    output.finish()
+    _report(options.output, stats, generator.max_source_length)
 
 
 def _run(generator, output: ResumableOutput, options: GenerateOptions, column: str, prefix: str,
@@ -317,20 +371,18 @@ def _report(path: str, stats: dict[str, Any], max_source_length: int | None) -> 
 
 def evaluate_file(options: EvaluateOptions, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generate for every row of a file with references and score with the task's metrics."""
-    from .data import load_file_split
     from .metrics import check_metric_names, compute_metrics
     from .tasks import TASKS
 
+    outputs = [(key, path) for key, path in (("output", options.output), ("predictions", options.predictions)) if path]
+    check_outputs(outputs, {"data": options.data, "model": options.model, "presets": options.presets})
     loaded = load_model(options.model, trust_remote_code=options.trust_remote_code,
                         allow_pickle=options.allow_pickle)
     trained = loaded.run_config
     task = TASKS.get(trained.get("task", "text2text"), TASKS["text2text"])
     names = options.metrics or trained.get("metrics") or task.default_metrics
     check_metric_names(names)
-    split = load_file_split("test", options.data, source_column=options.source_column or trained.get("source_column"),
-                            target_column=options.target_column or trained.get("target_column"),
-                            source_lang=trained.get("source_lang"), target_lang=trained.get("target_lang"),
-                            candidates=task.column_candidates, on_invalid="drop")
+    split = read_references(options, trained, task)
     config = resolve_preset(loaded, options.preset, presets_file=options.presets, overrides=overrides,
                             trust_remote_code=options.trust_remote_code)
     generator = make_generator(loaded, config, backend=options.backend, max_tokens=options.max_tokens,
@@ -341,13 +393,67 @@ def evaluate_file(options: EvaluateOptions, overrides: dict[str, Any] | None = N
         sources = [prefix + s for s in split.sources[index:index + DEFAULT_WINDOW]]
         predictions += [p.texts[0] for p in generator.run_window(sources, index // DEFAULT_WINDOW)]
     metrics = {**compute_metrics(names, predictions, split.targets), "rows": len(split), "dropped": split.dropped}
-    if not distributed.state().is_main_process:  # under a launcher every process scores the whole file
-        return metrics
-    if options.output:
-        Path(options.output).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    if options.predictions:
-        with open(options.predictions, "w", encoding="utf-8") as f:
-            for line, source, reference, prediction in zip(split.lines, split.sources, split.targets, predictions):
-                row = {"line": line, "source": source, "reference": reference, "prediction": prediction}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if distributed.state().is_main_process:  # under a launcher every process scores the whole file
+        _save_evaluation(options, metrics, split, predictions)
     return metrics
+
+
+def read_references(options: EvaluateOptions, trained: dict[str, Any], task):
+    """The rows of --data with their references, read once; the reference column is never a guess."""
+    from .data import PARALLEL_PLACEHOLDER, read_parallel, read_records, select_pairs, validate_rows
+
+    path = options.data
+    languages = {"source_lang": trained.get("source_lang"), "target_lang": trained.get("target_lang")}
+    if PARALLEL_PLACEHOLDER in path:
+        columns, records, lines = read_parallel(path, *languages.values())
+    else:
+        columns, records, lines = read_records(path)
+    target = reference_column(path, columns, records, options.target_column, trained, task)
+    pairs = select_pairs("test", path, columns, records, lines, source_column=options.source_column or
+                         trained.get("source_column"), target_column=target, candidates=task.column_candidates,
+                         **languages)
+    for role, texts in (("source", pairs.sources), ("reference", pairs.targets)):
+        for line, text in zip(pairs.lines, texts):
+            surrogate = lone_surrogate(text)
+            if surrogate:  # the tokenizer and the predictions file take UTF-8 text only
+                raise DataError(f"the {role} holds an invalid Unicode character (a lone surrogate {surrogate})",
+                                path=path, line=line, hint="fix the row's text")
+    return validate_rows("test", path, pairs.sources, pairs.targets, pairs.lines, on_invalid="drop")
+
+
+def reference_column(path: str, columns: list[str], records: list[dict], given: str | None,
+                     trained: dict[str, Any], task) -> str | None:
+    """The column evaluate scores against: --target_column, the trained one, the target language or one of the
+    task's usual names; None for the WMT layout ({"translation": {lang: text}}), which select_pairs reads."""
+    if given is not None:
+        if given not in columns:
+            raise DataError(f"has no column '{given}' (columns: {', '.join(columns)})", path=path, column=given,
+                            hint="set --target_column to the column of references")
+        return given
+    target_lang = trained.get("target_lang")
+    if target_lang and trained.get("source_lang") and any(isinstance(r.get("translation"), dict) for r in records):
+        return None
+    for candidate in (trained.get("target_column"), target_lang, *(target for _, target in task.column_candidates)):
+        if candidate in columns:
+            return candidate
+    raise DataError(f"has no reference column (columns: {', '.join(columns)})", path=path,
+                    hint="name the column of references with --target_column")
+
+
+def _save_evaluation(options: EvaluateOptions, metrics: dict[str, Any], split, predictions: list[str]) -> None:
+    """Each file written whole or not at all: a full disk leaves no half-written metrics or predictions."""
+    files = []
+    if options.output:
+        files.append((options.output, [json.dumps(metrics, indent=2) + "\n"]))
+    if options.predictions:
+        rows = zip(split.lines, split.sources, split.targets, predictions)
+        files.append((options.predictions, (json.dumps({"line": line, "source": source, "reference": reference,
+                                                         "prediction": prediction}, ensure_ascii=False) + "\n"
+                                             for line, source, reference, prediction in rows)))
+    for path, pieces in files:
+        try:
+            write_atomically(path, pieces)
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            raise disk_full(path, "no half-written file is left under this name") from err

@@ -30,6 +30,11 @@ class Context:
     def out(self) -> Path:
         return self.tmp / "out"
 
+    def output(self, name: str) -> str:
+        """A file in `out`, which exists (outputs are checked before the model loads) and must stay empty."""
+        self.out.mkdir(exist_ok=True)
+        return str(self.out / name)
+
     def file(self, name: str, content: str | bytes) -> str:
         path = self.tmp / name
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -137,11 +142,30 @@ CASES = [
     ("remote-code-model", lambda c: c.args(model=_remote_code_model(c)), ["custom code", "--trust_remote_code true"]),
     ("pickle-only-weights", lambda c: c.args(model=_pickle_only_model(c)), ["pytorch_model.bin", "--allow_pickle"]),
     ("generate-pickle-only-weights", lambda c: ["generate", "--model", _pickle_only_model(c), "--input",
-                                                c.file("in.txt", "red cat\n"), "--output", str(c.out / "o.jsonl")],
+                                                c.file("in.txt", "red cat\n"), "--output", c.output("o.jsonl")],
      ["pytorch_model.bin", "--allow_pickle"]),
     ("evaluate-data-missing", lambda c: ["evaluate", "--model", str(c.models["t5"]), "--data", str(c.tmp / "no.jsonl")],
      ["no.jsonl", "not found"]),
+    ("generate-output-is-the-input", lambda c: _generate(c, output=c.file("in.txt", "x\n"), extra=["--overwrite"]),
+     ["key 'output'", "is the same file as --input", "--overwrite never replaces an input"]),
+    ("generate-output-is-a-directory", lambda c: _generate(c, output=_folder(c, "taken.jsonl")),
+     ["key 'output'", "is a directory"]),
+    ("generate-window-zero", lambda c: _generate(c, extra=["--window", "0"]), ["key 'window'", "positive"]),
+    ("generate-empty-input", lambda c: _generate(c, source=c.file("empty.jsonl", "")), ["empty.jsonl", "has no rows"]),
+    ("evaluate-without-references", lambda c: ["evaluate", "--model", str(c.models["t5"]), "--data", c.file(
+        "refless.jsonl", _jsonl({"source": "red cat", "uid": "a1"}))], ["has no reference column", "--target_column"]),
 ]
+
+
+def _folder(c: Context, name: str) -> str:
+    (c.tmp / name).mkdir()
+    return str(c.tmp / name)
+
+
+def _generate(c: Context, source: str | None = None, output: str | None = None, extra: tuple = ()) -> list[str]:
+    source = source or c.file("in.txt", "red cat\n")
+    return ["generate", "--model", str(c.models["t5"]), "--input", source, "--output", output or c.output("o.jsonl"),
+            *extra]
 
 
 @pytest.fixture
