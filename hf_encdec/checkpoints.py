@@ -290,9 +290,12 @@ def _probe(folder: Path) -> OSError | None:
     torch.save given a path writes through C++ streams: a full disk comes out as RuntimeError
     "unexpected pos 576 vs 534" or "file write failed", with no errno and no "No space left".
     """
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is None:  # macOS: such a failure goes on as it is
+        return None
     try:
         with tempfile.TemporaryFile(dir=folder) as probe:
-            os.posix_fallocate(probe.fileno(), 0, 1 << 20)
+            allocate(probe.fileno(), 0, 1 << 20)
     except OSError as err:
         return err
     return None
