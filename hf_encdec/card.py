@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .arguments import TRAINING_DEFAULTS
-from .checkpoints import CARD, CARD_TAG, RUN_CONFIG, is_our_card, write_text_atomic
+from .rundir import CARD, CARD_TAG, RUN_CONFIG, is_our_card, write_text_atomic
 from .config import RunConfig, read_saved_config
 from .tasks import TaskAdapter, get_task
 

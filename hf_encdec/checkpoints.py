@@ -12,7 +12,6 @@ Old checkpoints are rotated only after the new one is complete.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import json
 import logging
 import os
@@ -24,32 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ConfigError, NonFiniteLossError, UserError, disk_full, is_disk_full
+from .rundir import FINISHED_MARKER, RUN_CONFIG, STAGING_DIR, owned, refuse_foreign
 
 logger = logging.getLogger("hf_encdec.checkpoints")
 
-STAGING_DIR = ".checkpoint-staging"
-FINAL_STAGING_DIR = ".final-staging"
 COMPLETE_MARKER = "hf_encdec_complete.json"
-FINISHED_MARKER = "metrics.json"  # written last: a folder without it holds no finished run
-RUN_CONFIG = "run_config.yaml"
-CARD = "README.md"
-CARD_TAG = "hf-encdec"  # in the front matter of every model card we write
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
-
-# Who wrote what in output_dir (DESIGN.md: hf-encdec writes only these names and never replaces a file it
-# did not write). The rule:
-#   - a folder holding our run_config.yaml was started by hf-encdec, and what it holds at these names is a
-#     run's, except a README.md whose front matter lacks the hf-encdec tag (a user's card, dropped in later);
-#   - in any other folder, whatever sits at one of these names is the user's;
-#   - a symlink or a read-only entry at one of these names is the user's too (we create neither);
-#   - what is the user's is never replaced nor deleted, overwrite_output_dir included: the run is refused.
-# Tokenizer file names depend on the tokenizer, hence the patterns; the final move checks the exact names.
-FINAL_OUTPUTS = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
-                 "adapter_config.json", "preprocessor_config.json", "processor_config.json", "tokenizer*",
-                 "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.model", "*.spm",
-                 "chat_template.jinja", "training_args.bin", "decoder_tokenizer", "merged", "presets", "plots",
-                 CARD, FINISHED_MARKER, "predictions.jsonl", "trainer_state.json")
-RUN_STATE = (RUN_CONFIG, "checkpoint-*", STAGING_DIR, FINAL_STAGING_DIR)
 
 
 def step_of(checkpoint: Path) -> int:
@@ -121,86 +100,6 @@ def rotate(run_dir: Path, save_total_limit: int | None, protected: list[str | No
             excess -= 1
 
 
-def is_output_name(name: str) -> bool:
-    """Whether a run writes (or removes) an entry of this name at the top of output_dir."""
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in FINAL_OUTPUTS + RUN_STATE)
-
-
-def started_by_us(out: Path) -> bool:
-    """Whether output_dir holds the run_config.yaml of an hf-encdec run (see the rule above)."""
-    import yaml
-
-    saved = out / RUN_CONFIG
-    if not saved.is_file() or saved.is_symlink():
-        return False
-    try:
-        values = yaml.safe_load(saved.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
-    return isinstance(values, dict) and {"output_dir", "task"} <= values.keys()
-
-
-def is_our_card(path: Path) -> bool:
-    """A README.md is ours when its front matter carries our tag: a user's card dropped in its place is not."""
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return False
-    if not text.startswith("---\n") or "\n---" not in text[3:]:
-        return False
-    try:
-        front = yaml.safe_load(text[4:text.index("\n---", 3)])
-    except yaml.YAMLError:
-        return False
-    tags = front.get("tags") if isinstance(front, dict) else None
-    return isinstance(tags, list) and CARD_TAG in tags
-
-
-def _protected(entry: Path) -> bool:
-    """A symlink or a read-only entry: never one we made (root writes through permission bits: read them)."""
-    if entry.is_symlink():
-        return True
-    return not entry.stat().st_mode & 0o222 or not os.access(entry, os.W_OK)
-
-
-def _ours(entry: Path) -> bool:
-    return not _protected(entry) and (entry.name != CARD or is_our_card(entry))
-
-
-def foreign_entries(out: Path) -> list[Path]:
-    """What sits in output_dir at a name a run writes but is not hf-encdec's (the rule above)."""
-    if not out.is_dir():
-        return []
-    ours = started_by_us(out)
-    return [entry for entry in sorted(out.iterdir())
-            if is_output_name(entry.name) and not (ours and _ours(entry))]
-
-
-def previous_outputs(out: Path) -> set[str]:
-    """Names of the final outputs an earlier run of ours left (replaced, or removed when stale, at the end).
-
-    Taken once output_dir is checked, so each of them is ours: the final move replaces nothing else.
-    """
-    if not out.is_dir():
-        return set()
-    return {entry.name for entry in out.iterdir()
-            if any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in FINAL_OUTPUTS)}
-
-
-def refuse_foreign(entries: list[Path], *, hint: str) -> None:
-    """One line naming what the run would have replaced, and why it is not ours."""
-    if not entries:
-        return
-    first = entries[0]
-    why = "is a symlink" if first.is_symlink() else "is read-only" if _protected(first) else \
-        "was not written by hf-encdec"
-    more = f" (and {len(entries) - 1} more: {', '.join(e.name for e in entries[1:4])})" if len(entries) > 1 else ""
-    raise ConfigError(f"{first.name} {why}{more}, and this run writes that name: hf-encdec replaces only its own "
-                      "files", key="output_dir", path=str(first), hint=hint)
-
-
 def move_into_place(staging: Path, out: Path, previous: set[str]) -> None:
     """The final outputs, saved whole in `staging`, moved into output_dir one atomic rename at a time.
 
@@ -214,7 +113,7 @@ def move_into_place(staging: Path, out: Path, previous: set[str]) -> None:
     (staging / "training_args.bin").unlink(missing_ok=True)
     entries = {entry.name: entry for entry in staging.iterdir()}
     targets = [out / name for name in sorted(entries.keys() | previous)]
-    refuse_foreign([t for t in targets if (t.exists() or t.is_symlink()) and not (t.name in previous and _ours(t))],
+    refuse_foreign([t for t in targets if (t.exists() or t.is_symlink()) and not (t.name in previous and owned(t))],
                    hint=f"it appeared during training: move it elsewhere and re-run the same command (the trained "
                         f"model is left in {staging})")
     _fsync_tree(staging)
@@ -235,20 +134,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """`path` holds either its old content or all of `text`, never a part (a temporary file, then a rename)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # made with the umask's mode, as open() does
-    try:
-        with temporary.open("w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 @contextmanager

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checkpoints, distributed, hub
+from . import checkpoints, distributed, hub, rundir
 from . import data as data_lib
 from .adapters import apply_peft, quantization_config, save_merged
-from .checkpoints import FINISHED_MARKER
 from .config import RunConfig, load_config
 from .errors import ConfigError
 from .modeling import (
@@ -32,12 +31,6 @@ from .presets import load_user_presets, make_preset, preset_names, save_presets
 from .tasks import TaskAdapter, get_task
 
 logger = logging.getLogger("hf_encdec.training")
-
-# What a run reads. output_dir may not be one of them, nor lie inside one of their folders, nor hold one where
-# the run writes: saving would overwrite the input (overwrite_output_dir never applies to inputs).
-INPUT_KEYS = ("model_name_or_path", "tokenizer_name", "encoder_name_or_path", "decoder_name_or_path", "dataset_name",
-              "train_file", "validation_file", "test_file", "presets", "resume_from_checkpoint")
-
 
 @dataclass
 class TrainResult:
@@ -58,7 +51,7 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     quantization = quantization_config(config.adapter)
     choose_precision(config, model_type)  # before the resume check: the chosen precision is part of the run
     resume_from = check_output_dir(config)
-    previous_outputs = checkpoints.previous_outputs(config.output_dir)  # each of them ours: checked just now
+    previous_outputs = rundir.previous_outputs(config.output_dir)  # each of them ours: checked just now
     hub_target = hub.check_push_access(config) if config.training.get("push_to_hub") else None
 
     splits = load_splits(config, task)
@@ -107,7 +100,7 @@ def check_output_dir(config: RunConfig) -> str | None:
     Returns the checkpoint to resume from, if any.
     """
     out = _output_dir(config)
-    check_inputs_apart(config, out)
+    rundir.check_apart_from_inputs(config, out)
     if out.exists() and not out.is_dir():
         raise ConfigError("output_dir is a file", key="output_dir", path=str(out), hint="choose a directory path")
     existing = out.parent if not out.exists() else out
@@ -119,15 +112,15 @@ def check_output_dir(config: RunConfig) -> str | None:
     if not _writable(existing):
         raise ConfigError("output_dir is not writable", key="output_dir", path=str(out),
                           hint="choose a directory you can write to")
-    checkpoints.refuse_foreign(checkpoints.foreign_entries(out),
-                               hint="move it elsewhere or choose another --output_dir; overwrite_output_dir only "
-                                    "replaces what an hf-encdec run wrote")
+    rundir.refuse_foreign(rundir.foreign_entries(out),
+                          hint="move it elsewhere or choose another --output_dir; overwrite_output_dir only "
+                               "replaces what an hf-encdec run wrote")
     if config.run.overwrite_output_dir:
         current = distributed.state()
         if current.is_main_process:
             _forget_previous_run(out)
         current.wait_for_everyone()  # no rank looks for checkpoints while they are being removed
-    elif (out / FINISHED_MARKER).exists():
+    elif (out / rundir.FINISHED_MARKER).exists():
         raise ConfigError("output_dir holds a finished run", key="output_dir", path=str(out),
                           hint="pass --overwrite_output_dir true or choose another --output_dir")
     return checkpoints.choose_resume(config)
@@ -139,44 +132,6 @@ def _output_dir(config: RunConfig) -> Path:
         raise ConfigError("needs a folder path, got an empty one", key="output_dir",
                           hint="e.g. --output_dir runs/my-run")
     return config.output_dir
-
-
-def check_inputs_apart(config: RunConfig, out: Path) -> None:
-    """output_dir is no input, lies in no input folder, and holds no input at a name the run writes or removes."""
-    target = out.resolve()
-    for key, path in local_inputs(config):
-        if path == target:
-            raise ConfigError(f"is the {key} ({path}): saving would overwrite it", key="output_dir", path=str(out),
-                              hint="choose an --output_dir apart from the inputs")
-        if path in target.parents:
-            raise ConfigError(f"is inside the {key} {path}", key="output_dir", path=str(out),
-                              hint="choose an --output_dir outside the inputs")
-        if target not in path.parents or not checkpoints.is_output_name(path.relative_to(target).parts[0]):
-            continue
-        if key != "resume_from_checkpoint":
-            raise ConfigError(f"holds the {key} {path}, where the run writes its outputs", key="output_dir",
-                              path=str(out), hint="move the input out of output_dir, or choose another --output_dir")
-        if config.run.overwrite_output_dir:  # a checkpoint of ours may be resumed from, but not cleared first
-            raise ConfigError(f"{path} is inside output_dir, whose checkpoints overwrite_output_dir deletes",
-                              key="resume_from_checkpoint", hint="drop --overwrite_output_dir to resume from it, or "
-                              "copy the checkpoint out of output_dir first")
-
-
-def local_inputs(config: RunConfig) -> list[tuple[str, Path]]:
-    """(key, resolved path) of every input of the run that is on this machine; a {lang} pattern per language."""
-    resume = config.training.get("resume_from_checkpoint")
-    values = {**vars(config.model), **vars(config.data), "presets": config.run.presets,
-              "resume_from_checkpoint": None if str(resume).lower() in ("true", "last", "false") else resume}
-    langs = [lang for lang in (config.data.source_lang, config.data.target_lang) if lang]
-    found = []
-    for key in INPUT_KEYS:
-        value = values.get(key)
-        if not isinstance(value, str):
-            continue  # unset, or a recipe's presets section
-        names = [value.replace(data_lib.PARALLEL_PLACEHOLDER, lang) for lang in langs] \
-            if data_lib.PARALLEL_PLACEHOLDER in value else [value]
-        found += [(key, Path(name).expanduser().resolve()) for name in names if Path(name).expanduser().exists()]
-    return found
 
 
 def _writable(path: Path) -> bool:
@@ -195,10 +150,10 @@ def _writable(path: Path) -> bool:
 def _forget_previous_run(out: Path) -> None:
     # Only what a run of ours wrote is removed (foreign_entries found none): output_dir may hold the user's files.
     # The earlier run's model stays until this run's replaces it, at the very end.
-    (out / FINISHED_MARKER).unlink(missing_ok=True)
+    (out / rundir.FINISHED_MARKER).unlink(missing_ok=True)
     for checkpoint in checkpoints.checkpoint_dirs(out):
         shutil.rmtree(checkpoint)
-    for staging in (checkpoints.STAGING_DIR, checkpoints.FINAL_STAGING_DIR):
+    for staging in (rundir.STAGING_DIR, rundir.FINAL_STAGING_DIR):
         shutil.rmtree(out / staging, ignore_errors=True)
 
 
@@ -206,7 +161,7 @@ def start_output_dir(config: RunConfig) -> None:
     """Written once everything is validated, so a failed start leaves no output directory."""
     if distributed.state().is_main_process:
         config.output_dir.mkdir(parents=True, exist_ok=True)
-        config.save(config.output_dir / checkpoints.RUN_CONFIG)
+        config.save(config.output_dir / rundir.RUN_CONFIG)
 
 
 def choose_precision(config: RunConfig, model_type: str) -> None:
@@ -463,7 +418,7 @@ def save_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[st
     A failure leaves no finished-looking run behind: until metrics.json is renamed into place there is none.
     """
     out = config.output_dir
-    staging = out / checkpoints.FINAL_STAGING_DIR
+    staging = out / rundir.FINAL_STAGING_DIR
     with checkpoints.saving(out, staging, "the final model"):
         if trainer.is_world_process_zero():
             shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
@@ -495,4 +450,4 @@ def _write_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[
                   for name, split in splits.items()}
     metrics = {**metrics, "signatures": metric_signatures(metric_names(config, task)), "data": data_stats}
     write_model_card(config.output_dir, config, task, metrics, folder=staging)
-    (staging / FINISHED_MARKER).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    (staging / rundir.FINISHED_MARKER).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")

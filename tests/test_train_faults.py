@@ -16,7 +16,7 @@ import pytest
 from test_error_catalogue import _assert_user_error
 
 import hf_encdec
-from hf_encdec import checkpoints
+from hf_encdec import checkpoints, rundir
 from hf_encdec.cli import main
 
 ALICE = "hf_alice_write"
@@ -223,7 +223,7 @@ def test_overwrite_replaces_our_files_only_and_drops_stale_ones(finished_copy, t
     assert code == 0, capsys.readouterr().err[-3000:]
     assert (finished_copy / "notes.txt").read_text() == "mine"
     assert not (finished_copy / "predictions.jsonl").exists()  # the old run's, with no test split now: removed
-    assert checkpoints.is_our_card(finished_copy / "README.md") and (finished_copy / "metrics.json").exists()
+    assert rundir.is_our_card(finished_copy / "README.md") and (finished_copy / "metrics.json").exists()
     assert not list(finished_copy.glob(".*"))  # no staging folder nor temporary file left
 
 
@@ -239,7 +239,7 @@ def test_file_dropped_in_during_training_is_kept(tiny_models, pair_files, tmp_pa
 
     monkeypatch.setattr(training, "predict_split", drop_a_readme_then_predict)
     refused(capsys, train_argv(tiny_models["t5"], out, pair_files), "README.md", "appeared during training",
-            checkpoints.FINAL_STAGING_DIR)
+            rundir.FINAL_STAGING_DIR)
     assert (out / "README.md").read_text() == USER_README
     assert not (out / "metrics.json").exists() and not (out / "model.safetensors").exists()
 
@@ -285,9 +285,9 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_one_and_a_rerun_resumes(tiny_m
         full_disk_from(patch, lambda path: path.endswith("checkpoint-2/optimizer.pt"))
         line = refused(capsys, argv, "no space left on the device", "checkpoint-2 was not saved",
                        "the last complete checkpoint (checkpoint-1) is kept", "re-run the same command")
-    assert f"{checkpoints.STAGING_DIR}/checkpoint-2" in line, line  # where: the checkpoint being written
+    assert f"{rundir.STAGING_DIR}/checkpoint-2" in line, line  # where: the checkpoint being written
     assert [p.name for p in checkpoints.complete_checkpoints(out)] == ["checkpoint-1"]
-    assert not (out / checkpoints.STAGING_DIR / "checkpoint-2").exists()  # the half-written files are gone
+    assert not (out / rundir.STAGING_DIR / "checkpoint-2").exists()  # the half-written files are gone
     assert not (out / "metrics.json").exists()
 
     assert main(argv) == 0  # the same command, with room again
@@ -310,7 +310,7 @@ def test_full_disk_reported_with_its_errno_at_a_checkpoint(tiny_models, pair_fil
     line = refused(capsys, train_argv(tiny_models["t5"], out, pair_files, save_strategy="steps", save_steps=1),
                    "no space left on the device", "no checkpoint of this run is complete, so a re-run starts over")
     assert "trainer_state.json" in line
-    assert not (out / checkpoints.STAGING_DIR / "checkpoint-1").exists() and not (out / "metrics.json").exists()
+    assert not (out / rundir.STAGING_DIR / "checkpoint-1").exists() and not (out / "metrics.json").exists()
 
 
 def _fail_final_weights(monkeypatch, error: Exception) -> None:
@@ -319,7 +319,7 @@ def _fail_final_weights(monkeypatch, error: Exception) -> None:
     save = transformers.modeling_utils.safe_save_file
 
     def save_or_fail(tensors, filename, *args, **kwargs):
-        if checkpoints.FINAL_STAGING_DIR in str(filename):
+        if rundir.FINAL_STAGING_DIR in str(filename):
             Path(filename).write_bytes(b"half")
             raise error
         return save(tensors, filename, *args, **kwargs)
@@ -337,7 +337,7 @@ def test_full_disk_in_the_final_save_leaves_no_finished_run(tiny_models, pair_fi
                                                    "(os error 28)"))
         refused(capsys, argv, "no space left on the device", "the final model was not saved",
                 "the last complete checkpoint (checkpoint-2) is kept")
-    assert not (out / checkpoints.FINAL_STAGING_DIR).exists()
+    assert not (out / rundir.FINAL_STAGING_DIR).exists()
     assert not {"metrics.json", "model.safetensors", "README.md"} & {p.name for p in out.iterdir()}
 
     assert main(argv) == 0  # resumes from checkpoint-2 and saves
@@ -349,7 +349,7 @@ def test_permission_denied_in_the_final_save_is_one_line(tiny_models, pair_files
     _fail_final_weights(monkeypatch, PermissionError(errno.EACCES, os.strerror(errno.EACCES), "model.safetensors"))
     refused(capsys, train_argv(tiny_models["t5"], out, pair_files), "permission denied",
             "the final model was not saved", "make output_dir writable")
-    assert not (out / checkpoints.FINAL_STAGING_DIR).exists() and not (out / "metrics.json").exists()
+    assert not (out / rundir.FINAL_STAGING_DIR).exists() and not (out / "metrics.json").exists()
 
 
 # -- the Hub ----------------------------------------------------------------------------------------------------
