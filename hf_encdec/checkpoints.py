@@ -6,7 +6,9 @@ upstream atomic-save attempts were reverted for breaking multi-GPU saves). Here 
 writes into `OUTPUT_DIR/.checkpoint-staging/checkpoint-N`, all ranks meet at a barrier, and the
 main process alone writes the completion marker and renames the folder to `checkpoint-N`, so a
 `checkpoint-N` without the marker can only come from elsewhere and is never resumed from.
-Old checkpoints are rotated only after the new one is complete.
+Old checkpoints are rotated only after the new one is complete. The final outputs are staged
+and renamed into place the same way (`move_into_place`), and a save that fails for want of room
+or of permission ends the run with one line saying what was kept (`saving`).
 """
 
 from __future__ import annotations
