@@ -42,6 +42,8 @@ RUN_STATE = (RUN_CONFIG, "checkpoint-*", STAGING_DIR, FINAL_STAGING_DIR)
 # the run writes: saving would overwrite the input (overwrite_output_dir never applies to inputs).
 INPUT_KEYS = ("model_name_or_path", "tokenizer_name", "encoder_name_or_path", "decoder_name_or_path", "dataset_name",
               "train_file", "validation_file", "test_file", "presets", "resume_from_checkpoint")
+FOLDER_INPUT_KEYS = ("model_name_or_path", "tokenizer_name", "encoder_name_or_path", "decoder_name_or_path",
+                     "dataset_name")  # output_dir may not lie inside them either (a checkpoint is only read once)
 
 
 def is_output_name(name: str) -> bool:
@@ -146,7 +148,8 @@ def check_apart_from_inputs(config: RunConfig, out: Path) -> None:
         if path == target:
             raise ConfigError(f"is the {key} ({path}): saving would overwrite it", key="output_dir", path=str(out),
                               hint="choose an --output_dir apart from the inputs")
-        if path in target.parents:
+        # A model or dataset folder, or a data file: a file input given as a folder is the data loader's to report.
+        if path in target.parents and (key in FOLDER_INPUT_KEYS or path.is_file()):
             raise ConfigError(f"is inside the {key} {path}", key="output_dir", path=str(out),
                               hint="choose an --output_dir outside the inputs")
         if target not in path.parents or not is_output_name(path.relative_to(target).parts[0]):
