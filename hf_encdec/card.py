@@ -7,12 +7,16 @@ Its metadata (base model, datasets, language, license, tags, pipeline and the sc
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from .arguments import TRAINING_DEFAULTS
+from .rundir import CARD, CARD_TAG, RUN_CONFIG, is_our_card, write_text_atomic
 from .config import RunConfig, read_saved_config
 from .tasks import TaskAdapter, get_task
+
+logger = logging.getLogger("hf_encdec.card")
 
 HYPERPARAMETERS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
                    "max_steps", "warmup_steps", "weight_decay", "lr_scheduler_type", "label_smoothing_factor",
@@ -65,12 +69,17 @@ NOT_SCORES = ("runtime", "per_second", "gen_len", "loss")
 
 
 def write_model_card(output_dir: Path, config: RunConfig, task: TaskAdapter, metrics: dict[str, Any],
-                     repo_id: str | None = None) -> None:
-    """README.md in output_dir; with `repo_id` the title and usage name the Hub repo instead of the folder."""
+                     repo_id: str | None = None, *, folder: Path | None = None) -> None:
+    """README.md of the run in output_dir, written in `folder` (default output_dir), which holds the run's files.
+
+    With `repo_id` the title and usage name the Hub repo instead of the folder. The card is written
+    whole or not at all, and its front matter carries the hf-encdec tag that tells it from a user's.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
     d, m = config.data, config.model
-    adapter = (output_dir / ADAPTER_CONFIG).exists()
+    folder = folder or output_dir
+    adapter = (folder / ADAPTER_CONFIG).exists()
     path = repo_id or str(output_dir)
     name = path.rsplit("/", 1)[-1] if repo_id else output_dir.name
     languages = [lang for lang in (d.source_lang, d.target_lang, d.lang) if lang]
@@ -84,7 +93,7 @@ def write_model_card(output_dir: Path, config: RunConfig, task: TaskAdapter, met
         license=config.run.license,
         library_name="peft" if adapter else "transformers",
         pipeline_tag=task.pipeline_tag,
-        tags=["hf-encdec", task.name, "text2text-generation", *([method] if adapter else [])],
+        tags=[CARD_TAG, task.name, "text2text-generation", *([method] if adapter else [])],
         model_name=name if scores else None,
         eval_results=scores or None,
     )
@@ -96,10 +105,10 @@ def write_model_card(output_dir: Path, config: RunConfig, task: TaskAdapter, met
         "## Data\n\n" + _data_table(metrics.get("data", {})),
         "## Results\n\n" + _results_table(metrics),
         "## Training hyperparameters\n\n" + _hyperparameter_table(config),
-        "## Usage\n\n" + _usage(config, path, adapter) + _presets_usage(output_dir, path) + "\n\n"
+        "## Usage\n\n" + _usage(config, path, adapter) + _presets_usage(folder, path) + "\n\n"
         + FILE_USAGE.format(path=path),
     ]
-    ModelCard("\n\n".join(sections) + "\n").save(output_dir / "README.md")
+    write_text_atomic(folder / CARD, str(ModelCard("\n\n".join(sections) + "\n")))
 
 
 def _origin(config: RunConfig) -> str:
@@ -223,10 +232,14 @@ def _hyperparameter_table(config: RunConfig) -> str:
 
 def refresh_model_card(folder: Path, repo_id: str) -> None:
     """Rewrite an hf-encdec run's card so its title and usage name the Hub repo."""
-    saved = folder / "run_config.yaml"
-    if not saved.exists():
-        return  # not an hf-encdec run: its own README.md (if any) is pushed as it is
+    saved = folder / RUN_CONFIG
+    card = folder / CARD
+    if not saved.exists() or (card.exists() and not is_our_card(card)):
+        return  # not an hf-encdec run, or the user's own card in place of ours: pushed as it is
     config = read_saved_config(saved)
     metrics_file = folder / "metrics.json"
     metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
-    write_model_card(folder, config, get_task(config.data.task), metrics, repo_id=repo_id)
+    try:
+        write_model_card(folder, config, get_task(config.data.task), metrics, repo_id=repo_id)
+    except OSError as err:  # a read-only run folder (or a full disk) is still pushed, with the card it holds
+        logger.warning("cannot rewrite %s to name %s (%s): pushing it as it is", card, repo_id, err)

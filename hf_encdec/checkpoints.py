@@ -6,22 +6,29 @@ upstream atomic-save attempts were reverted for breaking multi-GPU saves). Here 
 writes into `OUTPUT_DIR/.checkpoint-staging/checkpoint-N`, all ranks meet at a barrier, and the
 main process alone writes the completion marker and renames the folder to `checkpoint-N`, so a
 `checkpoint-N` without the marker can only come from elsewhere and is never resumed from.
-Old checkpoints are rotated only after the new one is complete.
+Old checkpoints are rotated only after the new one is complete. The final outputs are staged
+and renamed into place the same way (`move_into_place`), and a save that fails for want of room
+or of permission ends the run with one line saying what was kept (`saving`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import ConfigError, NonFiniteLossError, UserError, disk_full, is_disk_full
+from .rundir import FINISHED_MARKER, RUN_CONFIG, STAGING_DIR, owned, refuse_foreign
 
 logger = logging.getLogger("hf_encdec.checkpoints")
 
-STAGING_DIR = ".checkpoint-staging"
-FINAL_STAGING_DIR = ".final-staging"
 COMPLETE_MARKER = "hf_encdec_complete.json"
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -95,24 +102,102 @@ def rotate(run_dir: Path, save_total_limit: int | None, protected: list[str | No
             excess -= 1
 
 
-def move_into_place(staging: Path, out: Path) -> None:
-    """The final model, saved whole in `staging`, moved into output_dir one atomic rename at a time.
+def move_into_place(staging: Path, out: Path, previous: set[str]) -> None:
+    """The final outputs, saved whole in `staging`, moved into output_dir one atomic rename at a time.
 
     output_dir also holds the checkpoints and maybe the user's files, so it cannot be swapped whole.
-    The weights go last: until they are in place no model loads from output_dir, and metrics.json
-    (the finished marker) is written only after this returns.
+    Only names in `previous` (an earlier run's outputs) may be replaced: anything else found at a
+    name we write appeared during training and is the user's. Outputs of the earlier run that this
+    one does not write are removed (an old adapter next to a new full model would load as a LoRA run).
+    The weights go after the rest, and metrics.json (the finished marker) last of all.
     """
     # run_config.yaml records the arguments without pickle; a loader needs no training_args.bin.
     (staging / "training_args.bin").unlink(missing_ok=True)
+    entries = {entry.name: entry for entry in staging.iterdir()}
+    targets = [out / name for name in sorted(entries.keys() | previous)]
+    refuse_foreign([t for t in targets if (t.exists() or t.is_symlink()) and not (t.name in previous and owned(t))],
+                   hint=f"it appeared during training: move it elsewhere and re-run the same command (the trained "
+                        f"model is left in {staging})")
     _fsync_tree(staging)
-    entries = sorted(staging.iterdir(), key=lambda p: p.suffix in (".safetensors", ".bin"))
-    for entry in entries:
+    for name in sorted(previous - entries.keys()):
+        _remove(out / name)
+    order = sorted(entries.values(), key=lambda p: (p.name == FINISHED_MARKER, p.suffix in (".safetensors", ".bin")))
+    for entry in order:
         target = out / entry.name
         if target.is_dir():
             shutil.rmtree(target)
         os.replace(entry, target)
     staging.rmdir()
     _fsync(out)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def saving(run_dir: Path, staged: Path, what: str) -> Iterator[None]:
+    """A save into `staged` that fails for want of room or of permission: one line, and `staged` removed.
+
+    It says what was kept (the last complete checkpoint) and that re-running the same command
+    continues from it (resume is on by default). Any other failure goes on as it is.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:
+        problem = _write_problem(err, run_dir, staged, what)
+        if problem is None:
+            raise
+        shutil.rmtree(staged, ignore_errors=True)
+        raise problem from err
+
+
+def _write_problem(err: Exception, run_dir: Path, staged: Path, what: str) -> UserError | None:
+    probe = _probe(run_dir)
+    last = last_complete(run_dir)
+    kept = (f"the last complete checkpoint ({last.name}) is kept" if last
+            else "no checkpoint of this run is complete, so a re-run starts over")
+    path = getattr(err, "filename", None) or staged
+    if is_disk_full(err) or (probe is not None and is_disk_full(probe)):
+        return disk_full(path, f"{what} was not saved; {kept}")
+    if _permission_denied(err) or (probe is not None and _permission_denied(probe)):
+        return ConfigError(f"permission denied: {what} was not saved; {kept}", key="output_dir", path=str(path),
+                           hint="make output_dir writable and re-run the same command")
+    return None
+
+
+def _probe(folder: Path) -> OSError | None:
+    """Ask the filesystem for 1 MiB in `folder`: what it answers when the write failure lost its errno.
+
+    torch.save given a path writes through C++ streams: a full disk comes out as RuntimeError
+    "unexpected pos 576 vs 534" or "file write failed", with no errno and no "No space left".
+    """
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is None:  # macOS: such a failure goes on as it is
+        return None
+    try:
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            allocate(probe.fileno(), 0, 1 << 20)
+    except OSError as err:
+        return err
+    return None
+
+
+def _permission_denied(err: BaseException | None) -> bool:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return True
+        if "Permission denied" in str(err) or "Read-only file system" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _fsync(path: Path) -> None:
@@ -139,8 +224,6 @@ def _fsync_tree(folder: Path) -> None:
 
 def non_finite_loss(step: int, args, run_dir: Path):
     """The error of a NaN/inf loss: the step, the likely causes in this run, and where to resume."""
-    from .errors import NonFiniteLossError
-
     causes = [f"learning_rate {args.learning_rate:g} too high"]
     if args.fp16:
         causes.insert(0, "fp16 overflow (try bf16 or fp32)")
@@ -162,8 +245,6 @@ RESUME_FREE_KEYS = {"output_dir", "overwrite_output_dir", "resume", "resume_from
 
 def choose_resume(config) -> str | None:
     """The checkpoint this run continues from: chosen, the last complete one, or None (a fresh start)."""
-    from .errors import ConfigError
-
     out = config.output_dir
     skipped = incomplete_checkpoints(out)
     if skipped:
@@ -192,8 +273,6 @@ def choose_resume(config) -> str | None:
 def _chosen_checkpoint(config, path: Path) -> str:
     from transformers.trainer import TRAINER_STATE_NAME
 
-    from .errors import ConfigError
-
     if not (path / TRAINER_STATE_NAME).is_file():
         raise ConfigError(f"not a checkpoint (no {TRAINER_STATE_NAME})", key="resume_from_checkpoint",
                           path=str(path), hint="give a checkpoint-N folder, or true for the last complete one")
@@ -210,7 +289,7 @@ def changed_keys(config) -> str:
     """'key: saved -> now' for each setting that differs from the run_config.yaml of the run being resumed."""
     import yaml
 
-    saved_file = config.output_dir / "run_config.yaml"
+    saved_file = config.output_dir / RUN_CONFIG
     if not saved_file.is_file():
         return "its run_config.yaml is missing, so they cannot be compared"
     saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}

@@ -49,11 +49,16 @@ def check_access(repo_id: str, *, token: str | None = None, private: bool | None
     """The token is valid, may write, and `repo_id` is in its user's or an organization's namespace.
 
     Runs before training, so a typo in the repo id or an expired token costs seconds, not a training run.
-    A repo id without an owner goes to the token's user, as with the Trainer.
+    A repo id without an owner goes to the token's user, as with the Trainer. The id's spelling is
+    checked first, without the network: `name` and `owner/name` are its two valid forms.
     """
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ConfigError(f"invalid repo id {repo_id!r}: {err}", key=repo_key) from None
     token, source = (token, "the given token (hub_token or token)") if token else (get_token(), _token_source())
     if not token:
         raise HubError("no Hub token to push with",
@@ -63,10 +68,6 @@ def check_access(repo_id: str, *, token: str | None = None, private: bool | None
         me = api.whoami()
     owner, _, name = repo_id.rpartition("/")
     full_id = f"{owner or me['name']}/{name}"
-    try:
-        validate_repo_id(full_id)
-    except HFValidationError as err:
-        raise ConfigError(f"invalid repo id {repo_id!r}: {err}", key=repo_key) from None
     namespaces = [me["name"], *(org["name"] for org in me.get("orgs", []))]
     if full_id.split("/")[0] not in namespaces:
         raise HubError(f"repo {full_id} is not in your namespace: the token from {source} belongs to "
@@ -155,27 +156,55 @@ def merge_adapter(folder: Path, target: Path) -> Path:
 HTTP_REASONS = {
     401: ("the Hub rejected the token (401)", "set HF_TOKEN to a valid token, or run `hf auth login --force`"),
     403: ("the token may not write there (403)", "use a token with write access to this namespace"),
+    404: ("not found on the Hub (404)", "check the repo id and the revision"),
+    409: ("the repo changed meanwhile (409)", "retry: another push or an edit on the Hub came first"),
+    413: ("a file is too large for the Hub (413)", "see the Hub's file size limits"),
+    429: ("the Hub is rate-limiting this token (429)", "wait a few minutes and retry"),
 }
+SERVER_ERROR = ("the Hub had a server error ({status})", "retry later: the model is not lost")
 
 
 @contextmanager
 def hub_errors(action: str):
-    """The Hub client's exceptions as one-line HubErrors (its messages carry URLs, never the token)."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError, HTTPError, RepositoryNotFoundError
+    """The Hub client's exceptions as one-line HubErrors (its messages carry URLs, never the token).
 
+    The one place where huggingface_hub's failures meet the user: every call to the Hub runs inside it.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    unreachable = f"{action}: cannot reach the Hub at {constants.ENDPOINT}"
     try:
         yield
+    except OfflineModeIsEnabled:
+        raise HubError(f"{action}: HF_HUB_OFFLINE is set", hint="unset it to push") from None
     except RepositoryNotFoundError:
-        raise HubError(f"{action}: repository not found or not visible to this token") from None
+        raise HubError(f"{action}: repository not found or not visible to this token",
+                       hint="check the repo id, and that the token may see it") from None
+    except RevisionNotFoundError:
+        raise HubError(f"{action}: revision (branch) not found", hint="check --revision / hub_revision") from None
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
-        reason, hint = HTTP_REASONS.get(status, (f"the Hub answered {status}", None))
+        reason, hint = HTTP_REASONS.get(status) or (
+            (SERVER_ERROR[0].format(status=status), SERVER_ERROR[1]) if status and status >= 500
+            else (f"the Hub answered {status}", None))
         detail = f": {err.server_message.strip()}" if err.server_message else ""
         raise HubError(f"{action}: {reason}{detail}", hint=hint) from None
-    except HTTPError as err:  # the transport's errors: refused, reset, timed out
-        raise HubError(f"{action}: cannot reach the Hub at {constants.ENDPOINT} ({type(err).__name__}: {err})",
+    except LocalEntryNotFoundError as err:  # offline or unreachable, and not in the local cache either
+        raise HubError(f"{unreachable}, and the file is not cached ({err})",
                        hint="check the network, or HF_ENDPOINT") from None
+    except (HTTPError, ConnectionError, TimeoutError) as err:  # the transport's: refused, reset, timed out
+        raise HubError(f"{unreachable} ({type(err).__name__}: {err})",
+                       hint="check the network, or HF_ENDPOINT") from None
+    except ValueError as err:  # the client refused the arguments (create_repo, upload_folder) before sending
+        raise HubError(f"{action}: {err}") from None
 
 
 def check_push_access(config: RunConfig) -> HubTarget:

@@ -91,21 +91,23 @@ class EncDecTrainer(Seq2SeqTrainer):
         """The library's save, redirected into a staging folder that the main process marks and renames.
 
         Every rank writes into the same staging folder (as upstream writes into checkpoint-N), so
-        model, optimizer, RNG and scaler files stay the library's; see checkpoints.py for why.
+        model, optimizer, RNG and scaler files stay the library's; see checkpoints.py for why. A
+        full disk or a refused write ends the run with one line, the earlier checkpoints kept.
         """
         run_dir = Path(super()._get_output_dir(trial))
         staged = run_dir / checkpoints.STAGING_DIR / f"checkpoint-{self.state.global_step}"
-        if self.args.should_save:
-            checkpoints.clear_staged(run_dir, self.state.global_step)
-        self.accelerator.wait_for_everyone()
-        self._checkpoint_staging = str(staged.parent)
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._checkpoint_staging = None
-        self.accelerator.wait_for_everyone()  # every rank's files are in `staged`
-        if self.args.should_save:
-            self._publish_checkpoint(staged, run_dir)
+        with checkpoints.saving(run_dir, staged, staged.name):
+            if self.args.should_save:
+                checkpoints.clear_staged(run_dir, self.state.global_step)
+            self.accelerator.wait_for_everyone()
+            self._checkpoint_staging = str(staged.parent)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._checkpoint_staging = None
+            self.accelerator.wait_for_everyone()  # every rank's files are in `staged`
+            if self.args.should_save:
+                self._publish_checkpoint(staged, run_dir)
         self.accelerator.wait_for_everyone()  # no rank reads checkpoint-N (load best, push) before it exists
 
     def _publish_checkpoint(self, staged: Path, run_dir: Path) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checkpoints, distributed, hub
+from . import checkpoints, distributed, hub, rundir
 from . import data as data_lib
 from .adapters import apply_peft, quantization_config, save_merged
 from .config import RunConfig, load_config
@@ -31,9 +31,6 @@ from .presets import load_user_presets, make_preset, preset_names, save_presets
 from .tasks import TaskAdapter, get_task
 
 logger = logging.getLogger("hf_encdec.training")
-
-FINISHED_MARKER = "metrics.json"
-
 
 @dataclass
 class TrainResult:
@@ -54,6 +51,7 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     quantization = quantization_config(config.adapter)
     choose_precision(config, model_type)  # before the resume check: the chosen precision is part of the run
     resume_from = check_output_dir(config)
+    previous_outputs = rundir.previous_outputs(config.output_dir)  # each of them ours: checked just now
     hub_target = hub.check_push_access(config) if config.training.get("push_to_hub") else None
 
     splits = load_splits(config, task)
@@ -77,13 +75,13 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     model.generation_config = copy.deepcopy(presets[final_preset])  # saved as generation_config.json
     metrics = {"train": trainer.state.log_history[-1] if trainer.state.log_history else {},
                "model": describe_model(model, config)}
-    samples: list[dict[str, str]] = []
+    predictions: dict[str, list[dict[str, str]]] = {}
     for name in ("validation", "test"):
         if name in splits:
-            metrics[name], samples = predict_split(trainer, config, task, splits[name])
-    if trainer.is_world_process_zero():
-        save_presets(presets, config.output_dir)
-    save_outputs(trainer, config, task, metrics, splits, lengths)
+            metrics[name], predictions[name] = predict_split(trainer, config, task, splits[name])
+    save_outputs(trainer, config, task, metrics, splits, lengths, presets=presets,
+                 test_predictions=predictions.get("test"), previous_outputs=previous_outputs)
+    samples = predictions["test"] if "test" in predictions else predictions["validation"]
     hub_url = hub.push_after_training(config.output_dir, hub_target) if hub_target else None
     return TrainResult(config.output_dir, metrics, samples[: config.run.num_sample_predictions], hub_url)
 
@@ -97,8 +95,12 @@ def as_config(config: RunConfig | dict[str, Any] | str) -> RunConfig:
 
 
 def check_output_dir(config: RunConfig) -> str | None:
-    """Refuse to mix a new run into a finished one unless told to; the checkpoint to resume from, if any."""
-    out = config.output_dir
+    """Refuse a run that would overwrite an input, a file we did not write or a finished run (unless told to).
+
+    Returns the checkpoint to resume from, if any.
+    """
+    out = _output_dir(config)
+    rundir.check_apart_from_inputs(config, out)
     if out.exists() and not out.is_dir():
         raise ConfigError("output_dir is a file", key="output_dir", path=str(out), hint="choose a directory path")
     existing = out.parent if not out.exists() else out
@@ -110,15 +112,26 @@ def check_output_dir(config: RunConfig) -> str | None:
     if not _writable(existing):
         raise ConfigError("output_dir is not writable", key="output_dir", path=str(out),
                           hint="choose a directory you can write to")
+    rundir.refuse_foreign(rundir.foreign_entries(out),
+                          hint="move it elsewhere or choose another --output_dir; overwrite_output_dir only "
+                               "replaces what an hf-encdec run wrote")
     if config.run.overwrite_output_dir:
         current = distributed.state()
         if current.is_main_process:
             _forget_previous_run(out)
         current.wait_for_everyone()  # no rank looks for checkpoints while they are being removed
-    elif (out / FINISHED_MARKER).exists():
+    elif (out / rundir.FINISHED_MARKER).exists():
         raise ConfigError("output_dir holds a finished run", key="output_dir", path=str(out),
                           hint="pass --overwrite_output_dir true or choose another --output_dir")
     return checkpoints.choose_resume(config)
+
+
+def _output_dir(config: RunConfig) -> Path:
+    value = config.training.get("output_dir")
+    if value is None or not str(value).strip():
+        raise ConfigError("needs a folder path, got an empty one", key="output_dir",
+                          hint="e.g. --output_dir runs/my-run")
+    return config.output_dir
 
 
 def _writable(path: Path) -> bool:
@@ -135,11 +148,12 @@ def _writable(path: Path) -> bool:
 
 
 def _forget_previous_run(out: Path) -> None:
-    # Only what a run of ours writes is removed: output_dir may be shared with the user's files.
-    (out / FINISHED_MARKER).unlink(missing_ok=True)
+    # Only what a run of ours wrote is removed (foreign_entries found none): output_dir may hold the user's files.
+    # The earlier run's model stays until this run's replaces it, at the very end.
+    (out / rundir.FINISHED_MARKER).unlink(missing_ok=True)
     for checkpoint in checkpoints.checkpoint_dirs(out):
         shutil.rmtree(checkpoint)
-    for staging in (checkpoints.STAGING_DIR, checkpoints.FINAL_STAGING_DIR):
+    for staging in (rundir.STAGING_DIR, rundir.FINAL_STAGING_DIR):
         shutil.rmtree(out / staging, ignore_errors=True)
 
 
@@ -147,7 +161,7 @@ def start_output_dir(config: RunConfig) -> None:
     """Written once everything is validated, so a failed start leaves no output directory."""
     if distributed.state().is_main_process:
         config.output_dir.mkdir(parents=True, exist_ok=True)
-        config.save(config.output_dir / "run_config.yaml")
+        config.save(config.output_dir / rundir.RUN_CONFIG)
 
 
 def choose_precision(config: RunConfig, model_type: str) -> None:
@@ -392,41 +406,48 @@ def predict_split(trainer, config: RunConfig, task: TaskAdapter, split: data_lib
     rows = [{"line": line, "source": source, "reference": reference, "prediction": prediction}
             for line, source, reference, prediction in
             zip(split.lines, split.sources, split.targets, trainer.compute_metrics.predictions)]
-    if split.name == "test" and trainer.is_world_process_zero():
-        write_jsonl(config.output_dir / "predictions.jsonl", rows)
     logger.info("%s: %s", split.name, json.dumps(metrics))
     return metrics, rows
 
 
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+def save_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[str, Any], splits, lengths, *,
+                 presets: dict[str, Any], test_predictions: list[dict[str, Any]] | None,
+                 previous_outputs: set[str]) -> None:
+    """Every final output written whole in a staging folder, then moved into output_dir; metrics.json last.
+
+    A failure leaves no finished-looking run behind: until metrics.json is renamed into place there is none.
+    """
+    out = config.output_dir
+    staging = out / rundir.FINAL_STAGING_DIR
+    with checkpoints.saving(out, staging, "the final model"):
+        if trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
+        trainer.save_model(str(staging))  # every rank: sharded saves gather the weights collectively
+        if trainer.is_world_process_zero():
+            _write_outputs(trainer, config, task, metrics, splits, lengths, staging, presets, test_predictions)
+            checkpoints.move_into_place(staging, out, previous_outputs)
 
 
-def save_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[str, Any], splits, lengths) -> None:
-    """Model, tokenizer, generation config, run config, card; metrics.json last, as the finished marker."""
+def _write_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[str, Any], splits, lengths,
+                   staging: Path, presets: dict[str, Any], test_predictions: list[dict[str, Any]] | None) -> None:
+    from transformers.trainer import TRAINER_STATE_NAME
+
     from .card import write_model_card
     from .metrics import metric_signatures
 
-    out = config.output_dir
-    staging = out / checkpoints.FINAL_STAGING_DIR
-    if trainer.is_world_process_zero():
-        shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
-    trainer.save_model(str(staging))  # every rank: sharded saves gather the weights collectively
-    trainer.save_state()  # trainer_state.json: the loss curve and evaluation history
-    if not trainer.is_world_process_zero():
-        return
+    trainer.state.save_to_json(str(staging / TRAINER_STATE_NAME))  # the loss curve and evaluation history
     if config.adapter.peft:  # PeftModel.save_pretrained writes the adapter only
         trainer.model.generation_config.save_pretrained(staging)
         if config.adapter.merge_lora:
             save_merged(trainer.model, trainer.processing_class, staging / "merged")
-    checkpoints.move_into_place(staging, out)
+    save_presets(presets, staging)
+    if test_predictions is not None:
+        (staging / "predictions.jsonl").write_text(
+            "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in test_predictions), encoding="utf-8")
     data_stats = {name: {"origin": split.origin, "rows": len(split), "dropped": split.dropped,
                          "source_tokens": data_lib.length_stats(lengths["source"][name], config.data.max_source_length),
                          "target_tokens": data_lib.length_stats(lengths["target"][name], config.data.max_target_length)}
                   for name, split in splits.items()}
     metrics = {**metrics, "signatures": metric_signatures(metric_names(config, task)), "data": data_stats}
-    write_model_card(out, config, task, metrics)
-    (out / FINISHED_MARKER).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    write_model_card(config.output_dir, config, task, metrics, folder=staging)
+    (staging / rundir.FINISHED_MARKER).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")

@@ -143,7 +143,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(resuma
 def test_crash_during_the_final_save_leaves_no_model_that_loads(tiny_models, quick_args, monkeypatch):
     from transformers import AutoModelForSeq2SeqLM
 
-    from hf_encdec import checkpoints
+    from hf_encdec import checkpoints, rundir
 
     replace = os.replace
 
@@ -165,7 +165,7 @@ def test_crash_during_the_final_save_leaves_no_model_that_loads(tiny_models, qui
     monkeypatch.setattr(checkpoints.os, "replace", replace)
     hf_encdec.train({**args, "overwrite_output_dir": True})
     assert AutoModelForSeq2SeqLM.from_pretrained(out) and (out / "metrics.json").exists()
-    assert not (out / checkpoints.FINAL_STAGING_DIR).exists() and not (out / "training_args.bin").exists()
+    assert not (out / rundir.FINAL_STAGING_DIR).exists() and not (out / "training_args.bin").exists()
 
 
 @pytest.mark.distributed

@@ -86,6 +86,22 @@ def _remote_code_model(ctx: Context) -> str:
     return str(folder)
 
 
+def _model_copy(ctx: Context) -> str:
+    import shutil
+
+    copy = ctx.tmp / "base-model"
+    if not copy.exists():
+        shutil.copytree(ctx.models["t5"], copy)
+    return str(copy)
+
+
+def _folder_with(ctx: Context, name: str, content: str) -> str:
+    folder = ctx.tmp / "users-folder"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(content)
+    return str(folder)
+
+
 # (case id, command line from the context, fragments the error line must hold)
 CASES = [
     # config
@@ -154,6 +170,10 @@ CASES = [
     ("generate-empty-input", lambda c: _generate(c, source=c.file("empty.jsonl", "")), ["empty.jsonl", "has no rows"]),
     ("evaluate-without-references", lambda c: ["evaluate", "--model", str(c.models["t5"]), "--data", c.file(
         "refless.jsonl", _jsonl({"source": "red cat", "uid": "a1"}))], ["has no reference column", "--target_column"]),
+    ("output-dir-is-the-model", lambda c: c.args(model=_model_copy(c), output_dir=_model_copy(c)),
+     ["output_dir", "is the model_name_or_path"]),
+    ("output-dir-holds-a-users-readme", lambda c: c.args(output_dir=_folder_with(c, "README.md", "# mine\n")),
+     ["README.md", "was not written by hf-encdec"]),
 ]
 
 

@@ -237,6 +237,7 @@ def test_lora_adapter_pushes_with_its_base_and_merges_on_request(hub, tiny_model
     adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["q", "v"], init_lora_weights=False))
     run = tmp_path / "lora-run"
     adapted.save_pretrained(run)
+    (run / "README.md").unlink()  # peft's template card, which a run's own card replaces (a README not ours is kept)
     tokenizer = AutoTokenizer.from_pretrained("alice/tiny-t5")
     tokenizer.save_pretrained(run)
     base.generation_config.max_length = 7  # the run's own decoding length, which pushes must keep

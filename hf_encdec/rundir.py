@@ -1,0 +1,180 @@
+"""The output directory: the names a run writes there, who wrote what, and that it overlaps no input.
+
+DESIGN.md: hf-encdec writes only these names into OUTPUT_DIR and never replaces a file it did not write.
+The checks run before any heavy work; checkpoints.move_into_place checks again at the very end.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .data import PARALLEL_PLACEHOLDER
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+STAGING_DIR = ".checkpoint-staging"
+FINAL_STAGING_DIR = ".final-staging"
+FINISHED_MARKER = "metrics.json"  # written last: a folder without it holds no finished run
+RUN_CONFIG = "run_config.yaml"
+CARD = "README.md"
+CARD_TAG = "hf-encdec"  # in the front matter of every model card we write
+
+# Who wrote what in output_dir. The rule:
+#   - a folder holding our run_config.yaml was started by hf-encdec, and what it holds at these names is a
+#     run's, except a README.md whose front matter lacks the hf-encdec tag (a user's card, dropped in later);
+#   - in any other folder, whatever sits at one of these names is the user's;
+#   - a symlink or a read-only entry at one of these names is the user's too (we create neither);
+#   - what is the user's is never replaced nor deleted, overwrite_output_dir included: the run is refused.
+# Tokenizer file names depend on the tokenizer, hence the patterns; the final move checks the exact names.
+FINAL_OUTPUTS = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
+                 "adapter_config.json", "preprocessor_config.json", "processor_config.json", "tokenizer*",
+                 "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.model", "*.spm",
+                 "chat_template.jinja", "training_args.bin", "decoder_tokenizer", "merged", "presets", "plots",
+                 CARD, FINISHED_MARKER, "predictions.jsonl", "trainer_state.json")
+RUN_STATE = (RUN_CONFIG, "checkpoint-*", STAGING_DIR, FINAL_STAGING_DIR)
+
+# What a run reads. output_dir may not be one of them, nor lie inside one of their folders, nor hold one where
+# the run writes: saving would overwrite the input (overwrite_output_dir never applies to inputs).
+INPUT_KEYS = ("model_name_or_path", "tokenizer_name", "encoder_name_or_path", "decoder_name_or_path", "dataset_name",
+              "train_file", "validation_file", "test_file", "presets", "resume_from_checkpoint")
+FOLDER_INPUT_KEYS = ("model_name_or_path", "tokenizer_name", "encoder_name_or_path", "decoder_name_or_path",
+                     "dataset_name")  # output_dir may not lie inside them either (a checkpoint is only read once)
+
+
+def is_output_name(name: str) -> bool:
+    """Whether a run writes (or removes) an entry of this name at the top of output_dir."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in FINAL_OUTPUTS + RUN_STATE)
+
+
+def started_by_us(out: Path) -> bool:
+    """Whether output_dir holds the run_config.yaml of an hf-encdec run (see the rule above)."""
+    import yaml
+
+    saved = out / RUN_CONFIG
+    if not saved.is_file() or saved.is_symlink():
+        return False
+    try:
+        values = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(values, dict) and {"output_dir", "task"} <= values.keys()
+
+
+def is_our_card(path: Path) -> bool:
+    """A README.md is ours when its front matter carries our tag: a user's card dropped in its place is not."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not text.startswith("---\n") or "\n---" not in text[3:]:
+        return False
+    try:
+        front = yaml.safe_load(text[4:text.index("\n---", 3)])
+    except yaml.YAMLError:
+        return False
+    tags = front.get("tags") if isinstance(front, dict) else None
+    return isinstance(tags, list) and CARD_TAG in tags
+
+
+def _protected(entry: Path) -> bool:
+    """A symlink or a read-only entry: never one we made (root writes through permission bits: read them)."""
+    if entry.is_symlink():
+        return True
+    return not entry.stat().st_mode & 0o222 or not os.access(entry, os.W_OK)
+
+
+def owned(entry: Path) -> bool:
+    """Ours to replace: not protected, and a README.md only when it is our card."""
+    return not _protected(entry) and (entry.name != CARD or is_our_card(entry))
+
+
+def foreign_entries(out: Path) -> list[Path]:
+    """What sits in output_dir at a name a run writes but is not hf-encdec's (the rule above)."""
+    if not out.is_dir():
+        return []
+    ours = started_by_us(out)
+    return [entry for entry in sorted(out.iterdir())
+            if is_output_name(entry.name) and not (ours and owned(entry))]
+
+
+def previous_outputs(out: Path) -> set[str]:
+    """Names of the final outputs an earlier run of ours left (replaced, or removed when stale, at the end).
+
+    Taken once output_dir is checked, so each of them is ours: the final move replaces nothing else.
+    """
+    if not out.is_dir():
+        return set()
+    return {entry.name for entry in out.iterdir()
+            if any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in FINAL_OUTPUTS)}
+
+
+def refuse_foreign(entries: list[Path], *, hint: str) -> None:
+    """One line naming what the run would have replaced, and why it is not ours."""
+    if not entries:
+        return
+    first = entries[0]
+    why = "is a symlink" if first.is_symlink() else "is read-only" if _protected(first) else \
+        "was not written by hf-encdec"
+    more = f" (and {len(entries) - 1} more: {', '.join(e.name for e in entries[1:4])})" if len(entries) > 1 else ""
+    raise ConfigError(f"{first.name} {why}{more}, and this run writes that name: hf-encdec replaces only its own "
+                      "files", key="output_dir", path=str(first), hint=hint)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`path` holds either its old content or all of `text`, never a part (a temporary file, then a rename)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # made with the umask's mode, as open() does
+    try:
+        with temporary.open("w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def check_apart_from_inputs(config: RunConfig, out: Path) -> None:
+    """output_dir is no input, lies in no input folder, and holds no input at a name the run writes or removes."""
+    target = out.resolve()
+    for key, path in local_inputs(config):
+        if path == target:
+            raise ConfigError(f"is the {key} ({path}): saving would overwrite it", key="output_dir", path=str(out),
+                              hint="choose an --output_dir apart from the inputs")
+        # A model or dataset folder, or a data file: a file input given as a folder is the data loader's to report.
+        if path in target.parents and (key in FOLDER_INPUT_KEYS or path.is_file()):
+            raise ConfigError(f"is inside the {key} {path}", key="output_dir", path=str(out),
+                              hint="choose an --output_dir outside the inputs")
+        if target not in path.parents or not is_output_name(path.relative_to(target).parts[0]):
+            continue
+        if key != "resume_from_checkpoint":
+            raise ConfigError(f"holds the {key} {path}, where the run writes its outputs", key="output_dir",
+                              path=str(out), hint="move the input out of output_dir, or choose another --output_dir")
+        if config.run.overwrite_output_dir:  # a checkpoint of ours may be resumed from, but not cleared first
+            raise ConfigError(f"{path} is inside output_dir, whose checkpoints overwrite_output_dir deletes",
+                              key="resume_from_checkpoint", hint="drop --overwrite_output_dir to resume from it, or "
+                              "copy the checkpoint out of output_dir first")
+
+
+def local_inputs(config: RunConfig) -> list[tuple[str, Path]]:
+    """(key, resolved path) of every input of the run that is on this machine; a {lang} pattern per language."""
+    resume = config.training.get("resume_from_checkpoint")
+    values = {**vars(config.model), **vars(config.data), "presets": config.run.presets,
+              "resume_from_checkpoint": None if str(resume).lower() in ("true", "last", "false") else resume}
+    langs = [lang for lang in (config.data.source_lang, config.data.target_lang) if lang]
+    found = []
+    for key in INPUT_KEYS:
+        value = values.get(key)
+        if not isinstance(value, str):
+            continue  # unset, or a recipe's presets section
+        names = [value.replace(PARALLEL_PLACEHOLDER, lang) for lang in langs] \
+            if PARALLEL_PLACEHOLDER in value else [value]
+        found += [(key, Path(name).expanduser().resolve()) for name in names if Path(name).expanduser().exists()]
+    return found
