@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .arguments import TRAINING_DEFAULTS
-from .rundir import CARD, CARD_TAG, RUN_CONFIG, is_our_card, write_text_atomic
+from .rundir import CARD, CARD_TAG, RUN_CONFIG, is_our_card, write_atomically
 from .config import RunConfig, read_saved_config
 from .tasks import TaskAdapter, get_task
 
@@ -108,7 +108,7 @@ def write_model_card(output_dir: Path, config: RunConfig, task: TaskAdapter, met
         "## Usage\n\n" + _usage(config, path, adapter) + _presets_usage(folder, path) + "\n\n"
         + FILE_USAGE.format(path=path),
     ]
-    write_text_atomic(folder / CARD, str(ModelCard("\n\n".join(sections) + "\n")))
+    write_atomically(folder / CARD, [str(ModelCard("\n\n".join(sections) + "\n"))])
 
 
 def _origin(config: RunConfig) -> str:

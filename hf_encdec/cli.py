@@ -7,6 +7,7 @@ Heavy libraries (torch, transformers) are imported by the commands, never here, 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -71,17 +72,29 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         return _report(err, debug)
     except Exception as err:
-        if not is_disk_full(err):
+        refused = _refused_write(err)
+        if refused is None:
             raise
-        # A write no closer boundary caught: every file we finish is renamed into place, so what is
-        # complete stays complete. The writes that can resume (generate, checkpoints) say more on their own.
-        kept = "finished files and complete checkpoints are kept; partial ones are never renamed into place"
-        return _report(disk_full(getattr(err, "filename", None) or "the output", kept), debug)
+        return _report(refused, debug)
     except KeyboardInterrupt:
         print("hf-encdec: interrupted", file=sys.stderr)
         return 130
     finally:  # main() may run in-process (tests, notebooks): leave the caller's logging as it was
         _restore_logging(previous_logging)
+
+
+def _refused_write(err: Exception) -> UserError | None:
+    """A full disk or a refused file access that no closer boundary caught, as the user's error; else None (a bug)."""
+    path = getattr(err, "filename", None) or "the output"
+    if is_disk_full(err):
+        # Every file we finish is renamed into place, so what is complete stays complete. The writes
+        # that can resume (generate, checkpoints) say more on their own.
+        kept = "finished files and complete checkpoints are kept; partial ones are never renamed into place"
+        return disk_full(path, kept)
+    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ConfigError(f"permission denied ({err.strerror})", path=str(path),
+                           hint="check the permissions of this file and its folder, or choose another path")
+    return None
 
 
 def _report(err: UserError, debug: bool) -> int:

@@ -286,7 +286,9 @@ class RunConfig:
         return {k: v for k, v in flat.items() if k not in SECRET_KEYS and v is not None}
 
     def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_flat_dict(), sort_keys=False, allow_unicode=True))
+        from .rundir import write_atomically
+
+        write_atomically(path, [yaml.safe_dump(self.to_flat_dict(), sort_keys=False, allow_unicode=True)])
 
 
 def read_recipe(path: str) -> dict[str, Any]:

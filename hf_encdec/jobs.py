@@ -37,8 +37,8 @@ from .resumable import (
     fingerprint_file,
     fingerprint_model,
     refuse_finished,
-    write_atomically,
 )
+from .rundir import write_atomically
 from .streaming import (
     TEXT_COLUMN,
     Row,

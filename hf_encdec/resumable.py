@@ -25,16 +25,16 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import socket
 import stat
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, disk_full, is_disk_full
+from .rundir import write_all, write_atomically
 
 logger = logging.getLogger("hf_encdec.generation")
 
@@ -82,7 +82,7 @@ class ResumableOutput:
             self._lock_fd = fd
             os.ftruncate(fd, 0)
             started = time.strftime("%Y-%m-%d %H:%M:%S")
-            _write_all(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode())
+            write_all(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode())
 
     def start(self, parts: dict[str, Any]) -> int:
         """Open for appending; return how many input rows an earlier, interrupted run finished.
@@ -112,7 +112,7 @@ class ResumableOutput:
     def append(self, text: str, rows: int) -> None:
         """Append the outputs of the next `rows` input rows, durably, then move the ledger on."""
         with self._disk_guard():
-            _write_all(self._fd, text.encode("utf-8"))
+            write_all(self._fd, text.encode("utf-8"))
             os.fsync(self._fd)
             self.rows_done += rows
             self._write_ledger()
@@ -188,33 +188,6 @@ def _same_inode(fd: int, path: Path) -> bool:
         return os.fstat(fd).st_ino == os.stat(path).st_ino
     except FileNotFoundError:
         return False
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:  # os.write may write less than asked (a signal, a nearly full disk)
-        view = view[os.write(fd, view):]
-
-
-def write_atomically(path: str | Path, pieces: Iterable[str]) -> None:
-    """Write `pieces` to `path` through a temporary file beside it: readers see the old file or the whole new one.
-
-    A failure (a full disk included) removes the temporary file and raises the OSError for the caller to word."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666: the umask decides, as for open()
-    try:
-        for piece in pieces:
-            _write_all(fd, piece.encode("utf-8"))
-        os.fsync(fd)
-        os.close(fd)
-        fd = None
-        os.replace(temporary, path)
-    except BaseException:
-        if fd is not None:
-            os.close(fd)
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def refuse_finished(path: str | Path, overwrite: bool) -> None:

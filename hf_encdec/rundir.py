@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,16 +129,29 @@ def refuse_foreign(entries: list[Path], *, hint: str) -> None:
                       "files", key="output_dir", path=str(first), hint=hint)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """`path` holds either its old content or all of `text`, never a part (a temporary file, then a rename)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # made with the umask's mode, as open() does
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # os.write may write less than asked (a signal, a nearly full disk)
+        view = view[os.write(fd, view):]
+
+
+def write_atomically(path: str | Path, pieces: Iterable[str]) -> None:
+    """Write `pieces` to `path` through a temporary file beside it: readers see the old file or the whole new one.
+
+    A failure (a full disk included) removes the temporary file and raises the OSError for the caller to word."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666: the umask decides, as for open()
     try:
-        with temporary.open("w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        for piece in pieces:
+            write_all(fd, piece.encode("utf-8"))
+        os.fsync(fd)
+        os.close(fd)
+        fd = None
         os.replace(temporary, path)
     except BaseException:
+        if fd is not None:
+            os.close(fd)
         temporary.unlink(missing_ok=True)
         raise
 

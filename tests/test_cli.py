@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
 
 import pytest
 
+from hf_encdec import cli
 from hf_encdec.cli import main
 
 
@@ -123,3 +125,40 @@ def test_a_successful_run_prints_where_the_model_is(capsys, base_args, pair_file
     assert code == 0
     assert f"model saved to {tmp_path / 'out'}" in out
     assert "test:" in out and "->" in out
+
+
+def _failing_command(err: BaseException):
+    def command(args):
+        raise err
+    return command
+
+
+@pytest.mark.parametrize("err, fragment", [
+    (OSError(errno.ENOSPC, "No space left on device", "/data/out/x"), "/data/out/x: no space left on the device"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded", "/data/out/x"), "no space left on the device"),
+    (PermissionError(errno.EACCES, "Permission denied", "/data/out/y"), "/data/out/y: permission denied"),
+    (OSError(errno.EROFS, "Read-only file system", "/mnt/ro/z"), "/mnt/ro/z: permission denied"),
+])
+def test_a_refused_write_no_boundary_caught_is_one_line(monkeypatch, capsys, err, fragment):
+    monkeypatch.setitem(cli.COMMANDS, "train", _failing_command(err))
+    assert cli.main(["train"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hf-encdec: error: ") and fragment in lines[0], lines
+
+
+def test_a_full_disk_wrapped_by_a_library_is_still_recognised(monkeypatch, capsys):
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("file write failed") from inner
+    except RuntimeError as wrapped:
+        monkeypatch.setitem(cli.COMMANDS, "train", _failing_command(wrapped))
+    assert cli.main(["train"]) == 2
+    assert "no space left on the device" in capsys.readouterr().err
+
+
+def test_other_failures_stay_internal_errors(monkeypatch):
+    monkeypatch.setitem(cli.COMMANDS, "train", _failing_command(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["train"])

@@ -441,11 +441,11 @@ def test_push_keeps_the_users_own_card(hub, finished_copy, capsys, monkeypatch):
 def test_push_of_a_run_folder_it_cannot_write_keeps_its_card(hub, finished_copy, capsys, monkeypatch):
     from hf_encdec import card
 
-    def read_only(path, text):
+    def read_only(path, pieces):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
     monkeypatch.setenv("HF_TOKEN", ALICE)
-    monkeypatch.setattr(card, "write_text_atomic", read_only)
+    monkeypatch.setattr(card, "write_atomically", read_only)
     before = (finished_copy / "README.md").read_bytes()
     code = main(["push", "--model", str(finished_copy), "--repo_id", "alice/read-only-run"])
     err = capsys.readouterr().err
