@@ -50,17 +50,16 @@ def load_model(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool 
     """A model directory or Hub id: a full model, a LoRA adapter (merged for speed), or a warm-started pair."""
     from .arguments import ModelArguments
     from .distributed import state
+    from .loading import read_run_config
     from .modeling import load_pretrained
 
     directory = Path(ref)
+    run_config = read_run_config(directory, key="model")  # before the weights: a broken one fails fast
     if (directory / "adapter_config.json").is_file():
         model, tokenizer = _load_adapter(directory, trust_remote_code, allow_pickle)
     else:
         tokenizer, model = load_pretrained(ModelArguments(model_name_or_path=ref, trust_remote_code=trust_remote_code,
-                                                          allow_pickle=allow_pickle))
-    run_config = {}
-    if (directory / "run_config.yaml").is_file():
-        run_config = yaml.safe_load((directory / "run_config.yaml").read_text(encoding="utf-8")) or {}
+                                                          allow_pickle=allow_pickle), key="model")
     model.to(state().device)  # under a multi-process launch: this process's GPU
     model.eval()
     return LoadedModel(model, tokenizer, run_config, ref)
@@ -77,14 +76,15 @@ def _load_adapter(directory: Path, trust_remote_code: bool, allow_pickle: bool):
 def resolve_preset(loaded: LoadedModel, name: str | None, *, presets_file: str | None = None,
                    overrides: dict[str, Any] | None = None, trust_remote_code: bool = False):
     """The GenerationConfig to decode with: the model's default, a preset saved with it, or a built-in one."""
-    from .presets import load_saved_preset, load_user_presets, make_preset, with_fields
+    from .loading import load_generation_config
+    from .presets import PRESET_DIR, load_user_presets, make_preset, with_fields
 
     base = loaded.model.generation_config
     user = load_user_presets(presets_file)
-    if name is not None and name not in user and loaded.path:
-        saved = load_saved_preset(loaded.path, name)
-        if saved is not None:
-            base, name = saved, None
+    saved = f"{PRESET_DIR}/{name}.json"
+    if name is not None and name not in user and loaded.path and (Path(loaded.path) / saved).is_file():
+        # Saved with the model, already resolved against its base.
+        base, name = load_generation_config(loaded.path, saved, key="preset"), None
     if name is None:  # the default preset (generation_config.json), with the user's overrides
         return with_fields("default", base, overrides or {}, set(overrides or {}), trust_remote_code)
     return make_preset(name, base=base, user_presets=user, overrides=overrides, trust_remote_code=trust_remote_code)
