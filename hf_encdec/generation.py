@@ -29,6 +29,14 @@ logger = logging.getLogger("hf_encdec.generation")
 
 DEFAULT_MAX_TOKENS = 6000  # padded source tokens a batch; measured by scripts/bench_generate.py on CPU
 DEFAULT_WINDOW = 2000  # rows sorted together; also how much work a kill can lose
+# Tokens a source keeps when neither the user, the model's positions nor its tokenizer set a limit:
+# relative-position models (T5) have none, and their tokenizers often name none either (model_max_length
+# is then ~1e30). Without one, a 1 MB line asks for an attention matrix of its length squared (terabytes).
+# 1024 is twice T5's pretraining length and BART's position limit.
+DEFAULT_SOURCE_LIMIT = 1024
+# Characters of a long source tokenized per token it may keep: SentencePiece pieces span at most 16,
+# typical tokens 3 to 5, so the head almost always holds every token kept (else the whole is tokenized).
+HEAD_CHARACTERS = 16
 
 
 @dataclass
@@ -120,7 +128,7 @@ class Generator:
         self.decoding = decoding_kwargs(self.config.num_beams, self.config.do_sample)  # batches that shrink
         self.max_tokens = None if batch_size else source_budget(max_tokens, generation_config)
         self.batch_size = batch_size
-        self.max_source_length = max_source_length or _position_limit(self.model)
+        self.max_source_length = source_limit(self.model, self.tokenizer, max_source_length)
         self.seed = seed
         self.truncated = 0
         self.oom_splits = 0
@@ -132,11 +140,8 @@ class Generator:
             return []
         if self.config.do_sample:  # a seed per window: a resumed run samples what the first run would have
             torch.manual_seed(self.seed + window_index)
-        ids = self.tokenizer(sources, truncation=False)["input_ids"]
-        if self.max_source_length:
-            self.truncated += sum(len(x) > self.max_source_length for x in ids)
-            # Cut the middle, keep the end-of-sequence token the tokenizer appended (as truncation=True does).
-            ids = [x[: self.max_source_length - 1] + x[-1:] if len(x) > self.max_source_length else x for x in ids]
+        ids, truncated = encode_sources(self.tokenizer, sources, self.max_source_length)
+        self.truncated += truncated
         lengths = [len(x) for x in ids]
         results: list[Prediction | None] = [None] * len(sources)
         for batch in batch_by_size(lengths, max_tokens=self.max_tokens, max_sentences=self.batch_size):
@@ -206,7 +211,7 @@ def make_generator(loaded: LoadedModel, generation_config, *, backend: str = "tr
         from .ct2 import Ct2Generator
     except ImportError as err:
         raise ConfigError("--backend ct2 needs CTranslate2", key="backend", hint="pip install ctranslate2") from err
-    max_source_length = settings.get("max_source_length") or _position_limit(loaded.model)
+    max_source_length = source_limit(loaded.model, loaded.tokenizer, settings.get("max_source_length"))
     # The same budget as the transformers backend: on a CPU, beam 4 with the budget divided by 4 took
     # 2.62 s where the whole budget took 2.70 s (random T5, 480 rows; raw translate_batch 2.47 s).
     max_tokens = None if settings.get("batch_size") else source_budget(settings.get("max_tokens"), generation_config)
@@ -214,12 +219,49 @@ def make_generator(loaded: LoadedModel, generation_config, *, backend: str = "tr
                         max_source_length=max_source_length, seed=settings.get("seed", 42))
 
 
-def _position_limit(model) -> int | None:
-    limit = getattr(model.config, "max_position_embeddings", None)
-    encoder = getattr(model.config, "encoder", None)  # a warm-started pair keeps it on its encoder config
-    if limit is None and encoder is not None:
-        limit = getattr(encoder, "max_position_embeddings", None)
-    return limit
+def source_limit(model, tokenizer, max_source_length: int | None = None) -> int:
+    """Tokens a source keeps: the user's max_source_length, else the encoder's position limit, else the
+    tokenizer's model_max_length when it names one, else DEFAULT_SOURCE_LIMIT."""
+    from .modeling import source_positions, tokenizer_limit
+
+    positions = source_positions(model)
+    if max_source_length is None:
+        return positions or tokenizer_limit(tokenizer) or DEFAULT_SOURCE_LIMIT
+    if positions is not None and max_source_length > positions:
+        raise ConfigError(f"{max_source_length} is beyond the model's {positions} positions", key="max_source_length",
+                          hint=f"set max_source_length to {positions} or less")
+    return max_source_length
+
+
+def encode_sources(tokenizer, sources: list[str], limit: int) -> tuple[list[list[int]], int]:
+    """Token ids of `sources`, each longer one cut to `limit` tokens as truncation=True cuts (its special tokens
+    kept), and how many were cut.
+
+    A source far longer than the limit is tokenized from a head of whole words: a 1 MB line would
+    otherwise be tokenized whole (about a second) to keep 1024 of its tokens. Tokenizers split words at
+    whitespace before they split them into tokens, so the head's tokens are the source's first tokens;
+    a head that does not reach the limit (huge words, no whitespace) leaves the whole source to decide.
+    """
+    texts = [_head(source, limit) for source in sources]
+    ids = tokenizer(texts, truncation=False)["input_ids"]
+    for i, source in enumerate(sources):
+        if len(texts[i]) < len(source) and len(ids[i]) <= limit:
+            texts[i] = source
+            ids[i] = tokenizer(source, truncation=False)["input_ids"]
+    cut = [i for i, row in enumerate(ids) if len(row) > limit]
+    if cut:
+        for i, row in zip(cut, tokenizer([texts[i] for i in cut], truncation=True, max_length=limit)["input_ids"]):
+            ids[i] = row
+    return ids, len(cut)
+
+
+def _head(text: str, limit: int) -> str:
+    """`text` up to the last whitespace before HEAD_CHARACTERS characters a token; short texts whole."""
+    bound = limit * HEAD_CHARACTERS
+    if len(text) <= bound:
+        return text
+    end = max(text.rfind(space, 0, bound) for space in " \t\n")
+    return text[:end] if end > 0 else text
 
 
 def prefix_for(loaded: LoadedModel, prefix: str | None) -> str:
