@@ -262,7 +262,8 @@ def load_with_adapter(directory: str, base: str | None = None, trust_remote_code
         name = base or (adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None)
         if not name:
             raise ModelError("names no base model (base_model_name_or_path)", path=str(run / "adapter_config.json"),
-                             key="base", hint="pass --base with the base model's Hub id or local directory")
+                             key="base", hint="write the base model's Hub id or folder into it as "
+                                              "base_model_name_or_path, or give it to `hf-encdec merge --base`")
         model = _load_base(name, trust_remote_code, allow_pickle)
     if (run / "generation_config.json").is_file():  # the run's decoding, not the base's
         model.generation_config = load_generation_config(str(run), key="model")
