@@ -32,6 +32,13 @@ PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "*.model", "*.spm", "vocab*", "merges.txt",
                    "bpe.codes")
 GENERATION_CONFIG = "generation_config.json"
+# Decoding fields of a saved generation config, and the type generate() needs: a hand-edited
+# "num_beams": "four" loads without complaint and fails deep inside generate().
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(("num_beams", "num_return_sequences", "max_length", "max_new_tokens", "min_length",
+                     "min_new_tokens", "top_k", "no_repeat_ngram_size"), int),
+    **dict.fromkeys(("temperature", "top_p", "length_penalty", "repetition_penalty"), (int, float)),
+}
 RUN_CONFIG = "run_config.yaml"
 REFETCH = "save the model again, or download it again"
 TOKENIZER_HINT = ("save the model's tokenizer into the folder with tokenizer.save_pretrained; to train, "
@@ -101,6 +108,12 @@ def library_errors(*names: str, key: str, what: str, hint: str | None = None) ->
     except PermissionError as err:
         raise ModelError(f"cannot read {err.filename or ' + '.join(names)} (permission denied)", key=key,
                          hint="make the file readable by the user running hf-encdec") from err
+    except RuntimeError as err:  # torch's and transformers' error for weights of other shapes than the config's
+        if "mismatched_sizes" not in str(err) and "size mismatch" not in str(err):
+            raise
+        raise ModelError(f"the weights of {' + '.join(names)} do not fit its config.json (tensor shapes differ)",
+                         key=key, hint="the config and the weights come from different models: save or download "
+                                       "them again together") from err
     except (OSError, ValueError, TypeError, KeyError) as err:  # what a loader makes of a file it cannot use
         for folder in folders:
             check_json_files(folder, key)
@@ -219,17 +232,15 @@ def load_generation_config(folder: str, file_name: str = GENERATION_CONFIG, *, k
     invalid JSON is named with its line, a decoding field of the wrong type or range with its value."""
     from transformers import GenerationConfig
 
-    from .presets import RANGES
-
     file = Path(folder) / file_name
     read_json(file, key)
     with library_errors(str(file), key=key, what="the generation config", hint=f"fix or delete the file, or {REFETCH}"):
         config = GenerationConfig.from_pretrained(folder, file_name)
-    for field, valid, requirement in RANGES:  # unset (None) means the library default
+    for field, kind in FIELD_TYPES.items():  # unset (None) means the library default
         value = getattr(config, field, None)
-        if value is not None and not valid(value):
-            raise ModelError(f"{field} must be {requirement}, got {value!r}", path=str(file), key=key,
-                             hint=f"fix or delete the file, or {REFETCH}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise ModelError(f"{field} is {value!r}, expected {'a whole number' if kind is int else 'a number'}",
+                             path=str(file), key=key, hint=f"fix or delete the file, or {REFETCH}")
     return config
 
 

@@ -143,6 +143,11 @@ def load_pretrained(model_args: Any, quantization_config: Any = None, *, key: st
     model = load_model(AutoModelForSeq2SeqLM, model_args.model_name_or_path, key=key,
                        allow_pickle=model_args.allow_pickle, hint="check that the folder holds model.safetensors",
                        config=config, quantization_config=quantization_config, **common)
+    embeddings = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > embeddings:  # its last ids would index past the embeddings: an IndexError mid-run
+        raise ModelError(f"the tokenizer of {tokenizer_name!r} has {len(tokenizer)} tokens, more than the {embeddings} "
+                         f"embeddings of {model_args.model_name_or_path!r}", key=tokenizer_key,
+                         hint="use the tokenizer the model was trained with")
     return tokenizer, model
 
 

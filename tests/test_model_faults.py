@@ -39,6 +39,10 @@ def _remove(folder: Path, *names: str) -> None:
         (folder / name).unlink()
 
 
+def _edit_json(file: Path, **values) -> None:
+    file.write_text(json.dumps({**json.loads(file.read_text()), **values}))
+
+
 def _truncate(file: Path) -> None:
     data = file.read_bytes()
     file.write_bytes(data[: len(data) // 2])
@@ -62,10 +66,12 @@ GENERATE_FAULTS = [
     ("config-invalid", "t5", lambda d: _write(d / "config.json", '{"model_type": "t5",\n "d_model": }'), [],
      ["config.json:2", "not valid JSON"]),
     ("config-missing", "t5", lambda d: _remove(d, "config.json"), [], ["has no config.json", "save_pretrained"]),
+    ("config-does-not-fit-the-weights", "t5", lambda d: _edit_json(d / "config.json", d_model=48), [],
+     ["do not fit its config.json", "different models"]),
     ("generation-config-invalid", "t5", lambda d: _write(d / "generation_config.json", '{"num_beams": '), [],
      ["generation_config.json:1", "not valid JSON"]),
     ("generation-config-wrong-type", "t5", lambda d: _write(d / "generation_config.json", '{"num_beams": "four"}'),
-     [], ["generation_config.json", "num_beams", "'four'"]),
+     [], ["generation_config.json", "num_beams is 'four', expected a whole number"]),
     ("run-config-invalid-yaml", "t5", lambda d: _write(d / "run_config.yaml", "source_prefix: [x\n"), [],
      ["run_config.yaml:2", "not valid YAML", "delete it"]),
     ("run-config-not-a-mapping", "t5", lambda d: _write(d / "run_config.yaml", "- a\n"), [],
@@ -75,7 +81,7 @@ GENERATE_FAULTS = [
     ("saved-preset-invalid", "t5", lambda d: _write(d / "presets" / "x.json", '{"num_beams": '), ["--preset", "x"],
      ["presets/x.json:1", "not valid JSON"]),
     ("saved-preset-wrong-type", "t5", lambda d: _write(d / "presets" / "x.json", '{"num_beams": "four"}'),
-     ["--preset", "x"], ["presets/x.json", "num_beams", "'four'"]),
+     ["--preset", "x"], ["presets/x.json", "num_beams is 'four'"]),
     ("saved-preset-not-an-object", "t5", lambda d: _write(d / "presets" / "x.json", "[1, 2]"), ["--preset", "x"],
      ["presets/x.json", "fix or delete the file"]),
     ("max-source-length-beyond-positions", "bart", lambda d: None, ["--max_source_length", "4096"],
@@ -142,18 +148,13 @@ def tiny_adapter(tiny_models, tmp_path_factory) -> Path:
     return folder
 
 
-def _drop_base(folder: Path) -> None:
-    config = json.loads((folder / "adapter_config.json").read_text())
-    del config["base_model_name_or_path"]
-    (folder / "adapter_config.json").write_text(json.dumps(config))
-
-
 ADAPTER_FAULTS = [
     ("adapter-config-invalid", lambda d: _write(d / "adapter_config.json", '{"peft_type": '),
      ["adapter_config.json:1", "not valid JSON"]),
     ("adapter-weights-truncated", lambda d: _truncate(d / "adapter_model.safetensors"),
      ["adapter_model.safetensors", "truncated or corrupt"]),
-    ("adapter-without-base", _drop_base, ["adapter_config.json", "base_model_name_or_path"]),
+    ("adapter-without-base", lambda d: _edit_json(d / "adapter_config.json", base_model_name_or_path=None),
+     ["adapter_config.json", "base_model_name_or_path"]),
     ("adapter-without-tokenizer", lambda d: _remove(d, *TOKENIZER_FILES), ["has no tokenizer files"]),
 ]
 
@@ -209,6 +210,8 @@ TRAIN_FAULTS = [
      ["tokenizer_name", "tokenizer.json is a file"]),
     ("tokenizer-stand-in", {"model_name_or_path": _broken("bart", lambda d: _remove(d, "tokenizer_config.json"))},
      ["model_name_or_path", "no usable vocabulary"]),
+    ("tokenizer-larger-than-the-embeddings", {"tokenizer_name": lambda t, m, pair: str(pair["bert"])},
+     ["tokenizer_name", "35 tokens, more than the 34 embeddings"]),
     ("weights-truncated", {"model_name_or_path": _broken("t5", lambda d: _truncate(d / "model.safetensors"))},
      ["model_name_or_path", "model.safetensors", "truncated or corrupt"]),
     ("warm-start-decoder-truncated",
