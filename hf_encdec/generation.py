@@ -68,9 +68,21 @@ def load_model(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool 
     else:
         tokenizer, model = load_pretrained(ModelArguments(model_name_or_path=ref, trust_remote_code=trust_remote_code,
                                                           allow_pickle=allow_pickle), key="model")
+        tokenizer = _with_decoder_tokenizer(directory, tokenizer)
     model.to(state().device)  # under a multi-process launch: this process's GPU
     model.eval()
     return LoadedModel(model, tokenizer, run_config, ref)
+
+
+def _with_decoder_tokenizer(directory: Path, tokenizer):
+    """A warm-started pair saved with its decoder's tokenizer (BERT2GPT2) writes its outputs in that one's ids."""
+    from .loading import load_tokenizer
+    from .warm_start import DECODER_TOKENIZER_DIR, PairTokenizer, special_token_ids
+
+    if not (directory / DECODER_TOKENIZER_DIR).is_dir():
+        return tokenizer
+    decoder = load_tokenizer(str(directory / DECODER_TOKENIZER_DIR), key="model")
+    return PairTokenizer(tokenizer, decoder, special_token_ids(decoder)["eos_token_id"])
 
 
 def _load_adapter(directory: Path, trust_remote_code: bool, allow_pickle: bool):

@@ -316,3 +316,25 @@ def test_training_beyond_the_tokenizers_pretrained_length_is_warned_about(tiny_m
     assert [r.getMessage() for r in caplog.records if "model_max_length=8" in r.getMessage()] == [
         "max_source_length=16 is beyond the tokenizer's model_max_length=8, the length the model was pretrained "
         "on: longer sources are kept, but the model never saw such lengths"]
+
+
+# ----------------------------------------------------------------------------- silently wrong before
+
+
+def test_a_warm_started_pair_generates_in_its_decoders_tokens(tiny_pair_models, quick_args, tmp_path):
+    """BERT2GPT2 writes GPT-2 ids: read back with the encoder's BERT tokenizer they decoded to nothing."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    import hf_encdec
+
+    quick_args.update(encoder_name_or_path=str(tiny_pair_models["bert"]),
+                      decoder_name_or_path=str(tiny_pair_models["gpt2"]), max_steps=1, test_file=None)
+    out = hf_encdec.train(quick_args).output_dir
+    encoder, decoder = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(out / "decoder_tokenizer")
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    with torch.inference_mode():
+        ids = model.generate(**encoder(["red cat"], return_tensors="pt"), max_new_tokens=4, min_new_tokens=4)
+    expected = [text.strip() for text in decoder.batch_decode(ids, skip_special_tokens=True)]
+    assert expected != [""]
+    assert hf_encdec.generate(str(out), ["red cat"], max_new_tokens=4, min_new_tokens=4) == expected
