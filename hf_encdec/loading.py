@@ -6,8 +6,9 @@ command met it (train, a warm start, an adapter's base, generate, evaluate, merg
 - a path that is a file, or no folder and no Hub id either, before the library guesses at the Hub;
 - a model folder without config.json, or without tokenizer files: AutoTokenizer then builds an empty
   stand-in from the config that turns every word into <unk>, and training runs on without a word;
-- a tokenizer that loads but has no ordinary tokens (the same stand-in, reached another way);
-- a truncated or corrupt *.safetensors file, an invalid JSON file (named with its line), an unreadable file;
+- a tokenizer that loads but cannot encode its own tokens (the same stand-in, reached another way);
+- a truncated or corrupt *.safetensors file, weights that do not fit config.json, an invalid JSON file
+  (named with its line), an unreadable file;
 - an invalid generation_config.json, which from_pretrained drops in favour of defaults without a word;
 - pickle weights, refused unless the user allows them.
 """
@@ -229,7 +230,7 @@ def load_model(loader: Any, name: str, *, key: str, allow_pickle: bool, hint: st
 
 def load_generation_config(folder: str, file_name: str = GENERATION_CONFIG, *, key: str):
     """A GenerationConfig saved in a local `folder` (generation_config.json, or e.g. presets/beam.json), checked:
-    invalid JSON is named with its line, a decoding field of the wrong type or range with its value."""
+    invalid JSON is named with its line, a decoding field of the wrong type with its value."""
     from transformers import GenerationConfig
 
     file = Path(folder) / file_name
