@@ -236,22 +236,22 @@ def merge_saved(directory: str, output: str | None = None, base: str | None = No
 def load_with_adapter(directory: str, base: str | None = None, trust_remote_code: bool = False,
                       allow_pickle: bool = False):
     """A saved LoRA/IA3 run as (PeftModel on its base, tokenizer); a warm-started pair's base is rebuilt."""
-    import json
     from pathlib import Path
 
-    import yaml
     from peft import PeftModel
-    from transformers import GenerationConfig
 
     from .arguments import ModelArguments
-    from .modeling import weights_loading
+    from .loading import (check_folder_weights, library_errors, load_generation_config, read_json, read_run_config,
+                          weights_loading)
     from .warm_start import PairTokenizer, load_tokenizers, load_warm_start
 
     run = Path(directory)
     if not (run / "adapter_config.json").is_file():
         raise ModelError("no adapter_config.json here: not a LoRA/IA3 run", path=str(run),
                          hint="pass the output_dir of a run trained with peft")
-    saved = yaml.safe_load((run / "run_config.yaml").read_text()) if (run / "run_config.yaml").is_file() else {}
+    adapter = read_json(run / "adapter_config.json", key="model")
+    check_folder_weights(run, key="model")  # before the base loads
+    saved = read_run_config(run, key="model")
     tokenizer, decoder_tokenizer = load_tokenizers(str(run))
     if saved.get("encoder_name_or_path") and base is None:
         args = ModelArguments(encoder_name_or_path=saved["encoder_name_or_path"],
@@ -259,22 +259,24 @@ def load_with_adapter(directory: str, base: str | None = None, trust_remote_code
         _, model = load_warm_start(args)
         tokenizer = PairTokenizer(tokenizer, decoder_tokenizer, decoder_tokenizer.eos_token_id)
     else:
-        name = base or json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"]
+        name = base or (adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None)
+        if not name:
+            raise ModelError("names no base model (base_model_name_or_path)", path=str(run / "adapter_config.json"),
+                             key="base", hint="write the base model's Hub id or folder into it as "
+                                              "base_model_name_or_path, or give it to `hf-encdec merge --base`")
         model = _load_base(name, trust_remote_code, allow_pickle)
     if (run / "generation_config.json").is_file():  # the run's decoding, not the base's
-        model.generation_config = GenerationConfig.from_pretrained(str(run))
+        model.generation_config = load_generation_config(str(run), key="model")
     weights_loading(str(run), allow_pickle, key="model")  # peft reads adapter_model.bin with weights_only=True
-    return PeftModel.from_pretrained(model, str(run)), tokenizer
+    with library_errors(str(run), key="model", what="the adapter"):
+        return PeftModel.from_pretrained(model, str(run)), tokenizer
 
 
 def _load_base(name: str, trust_remote_code: bool = False, allow_pickle: bool = False):
     from transformers import AutoModelForSeq2SeqLM
 
-    from .modeling import weights_loading
+    from .loading import load_model
 
-    loading = weights_loading(name, allow_pickle, key="base")
-    try:
-        return AutoModelForSeq2SeqLM.from_pretrained(name, trust_remote_code=trust_remote_code, **loading)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load the base model {name!r}: {str(err).splitlines()[0]}", key="base",
-                         hint="pass --base with the base model's Hub id or local directory") from err
+    return load_model(AutoModelForSeq2SeqLM, name, key="base", allow_pickle=allow_pickle,
+                      hint="pass --base with the base model's Hub id or local directory",
+                      trust_remote_code=trust_remote_code)

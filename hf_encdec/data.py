@@ -79,20 +79,34 @@ def read_parallel(pattern: str, source_lang: str | None, target_lang: str | None
     if not (source_lang and target_lang):
         raise ConfigError(f"a {PARALLEL_PLACEHOLDER} file pattern needs source_lang and target_lang",
                           key="source_lang", path=pattern)
-    texts = {}
-    for lang in (source_lang, target_lang):
-        path = pattern.replace(PARALLEL_PLACEHOLDER, lang)
+    _check_languages(source_lang, target_lang, f"the {PARALLEL_PLACEHOLDER} pattern would read one file as both sides")
+    paths = [pattern.replace(PARALLEL_PLACEHOLDER, lang) for lang in (source_lang, target_lang)]
+    for path in paths:
         if not os.path.isfile(path):
             raise DataError("file not found", path=path, hint=f"{pattern} is read once per language")
-        text = _read_text(path, path.lower().endswith(".gz"))
-        texts[lang] = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
-    source, target = texts[source_lang], texts[target_lang]
+    if os.path.samefile(*paths):
+        raise DataError(f"is the same file as {paths[1]}: sources and targets would be one text", path=paths[0],
+                        hint=f"point {pattern} at one file per language")
+    source, target = (_read_lines(path) for path in paths)
     if len(source) != len(target):
         raise DataError(f"has {len(source)} lines but its {target_lang} side has {len(target)}",
                         path=pattern.replace(PARALLEL_PLACEHOLDER, source_lang),
                         hint="parallel files must be line-aligned")
     records = [{source_lang: s, target_lang: t} for s, t in zip(source, target)]
     return [source_lang, target_lang], records, list(range(1, len(records) + 1))
+
+
+def _read_lines(path: str) -> list[str]:
+    """A plain-text file's lines, without their "\n" or "\r\n" (files from Windows end lines with both)."""
+    text = _read_text(path, path.lower().endswith(".gz"))
+    lines = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+    return [line.removesuffix("\r") for line in lines]
+
+
+def _check_languages(source_lang: str, target_lang: str, why: str) -> None:
+    if source_lang == target_lang:
+        raise ConfigError(f"source_lang and target_lang are both '{source_lang}': {why}", key="target_lang",
+                          hint="set target_lang to the language of the targets")
 
 
 def _extension(path: str) -> tuple[str, bool]:
@@ -109,6 +123,10 @@ def _read_text(path: str, gzipped: bool) -> str:
         reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise DataError(f"cannot read the file ({reason})", path=path,
                         hint="check that it is readable and not corrupt") from e
+    if b"\0" in raw:  # never in UTF-8 text: a UTF-16 export or a binary file
+        line = raw[: raw.index(b"\0")].count(b"\n") + 1
+        raise DataError("holds a NUL byte, so it is not UTF-8 text (UTF-16, or a binary file?)", path=path, line=line,
+                        hint="re-save the file as UTF-8")
     try:
         return raw.decode("utf-8-sig")  # -sig: spreadsheet exports often start with a byte-order mark
     except UnicodeDecodeError as e:
@@ -250,6 +268,7 @@ def _use_translation(columns, records, source_column, target_column, source_lang
 
 
 def _translation_pairs(name, origin, records, lines, source_lang, target_lang) -> Split:
+    _check_languages(source_lang, target_lang, "each 'translation' would give its source as its target")
     sources, targets = [], []
     for record, line in zip(records, lines):
         pair = record.get("translation")
@@ -276,6 +295,9 @@ def _pick_columns(origin, columns, source_column, target_column, guesses, requir
             raise DataError(f"has no column '{given}' (columns: {', '.join(columns)})", path=origin, column=given,
                             hint="set source_column / target_column to one of the columns")
     if source_column and target_column:
+        if source_column == target_column:
+            raise ConfigError(f"source_column and target_column are both '{source_column}': each target would be "
+                              "its source", key="target_column", hint="set target_column to the column of the targets")
         return source_column, target_column
     for src, tgt in guesses:  # a given column stands in for its side of each guess
         src, tgt = source_column or src, target_column or tgt
@@ -297,7 +319,15 @@ def _pick_columns(origin, columns, source_column, target_column, guesses, requir
 
 def _text(origin: str, line: int, column: str, value) -> str | None:
     """A value as text: strings as written, numbers as JSON writes them, null/NaN as missing."""
-    if value is None or isinstance(value, str):
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON may escape half a surrogate pair ("\ud800"); tokenizers crash on it
+            raise DataError(f"holds an invalid Unicode character (a lone surrogate, U+{ord(value[e.start]):04X}, at "
+                            f"character {e.start + 1})", path=origin, line=line, column=column,
+                            hint="fix the text: a \\ud800-\\udfff escape must be half of a surrogate pair") from e
+        return value
+    if value is None:
         return value
     if isinstance(value, float) and math.isnan(value):  # pandas writes a missing text cell as NaN
         return None

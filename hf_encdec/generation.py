@@ -29,6 +29,14 @@ logger = logging.getLogger("hf_encdec.generation")
 
 DEFAULT_MAX_TOKENS = 6000  # padded source tokens a batch; measured by scripts/bench_generate.py on CPU
 DEFAULT_WINDOW = 2000  # rows sorted together; also how much work a kill can lose
+# Tokens a source keeps when neither the user, the model's positions nor its tokenizer set a limit:
+# relative-position models (T5) have none, and their tokenizers often name none either (model_max_length
+# is then ~1e30). Without one, a 1 MB line asks for an attention matrix of its length squared (terabytes).
+# 1024 is twice T5's pretraining length and BART's position limit.
+DEFAULT_SOURCE_LIMIT = 1024
+# Characters of a long source tokenized per token it may keep: SentencePiece pieces span at most 16,
+# typical tokens 3 to 5, so the head almost always holds every token kept (else the whole is tokenized).
+HEAD_CHARACTERS = 16
 
 
 @dataclass
@@ -50,20 +58,31 @@ def load_model(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool 
     """A model directory or Hub id: a full model, a LoRA adapter (merged for speed), or a warm-started pair."""
     from .arguments import ModelArguments
     from .distributed import state
+    from .loading import read_run_config
     from .modeling import load_pretrained
 
     directory = Path(ref)
+    run_config = read_run_config(directory, key="model")  # before the weights: a broken one fails fast
     if (directory / "adapter_config.json").is_file():
         model, tokenizer = _load_adapter(directory, trust_remote_code, allow_pickle)
     else:
         tokenizer, model = load_pretrained(ModelArguments(model_name_or_path=ref, trust_remote_code=trust_remote_code,
-                                                          allow_pickle=allow_pickle))
-    run_config = {}
-    if (directory / "run_config.yaml").is_file():
-        run_config = yaml.safe_load((directory / "run_config.yaml").read_text(encoding="utf-8")) or {}
+                                                          allow_pickle=allow_pickle), key="model")
+        tokenizer = _with_decoder_tokenizer(directory, tokenizer)
     model.to(state().device)  # under a multi-process launch: this process's GPU
     model.eval()
     return LoadedModel(model, tokenizer, run_config, ref)
+
+
+def _with_decoder_tokenizer(directory: Path, tokenizer):
+    """A warm-started pair saved with its decoder's tokenizer (BERT2GPT2) writes its outputs in that one's ids."""
+    from .loading import load_tokenizer
+    from .warm_start import DECODER_TOKENIZER_DIR, PairTokenizer, special_token_ids
+
+    if not (directory / DECODER_TOKENIZER_DIR).is_dir():
+        return tokenizer
+    decoder = load_tokenizer(str(directory / DECODER_TOKENIZER_DIR), key="model")
+    return PairTokenizer(tokenizer, decoder, special_token_ids(decoder)["eos_token_id"])
 
 
 def _load_adapter(directory: Path, trust_remote_code: bool, allow_pickle: bool):
@@ -77,14 +96,15 @@ def _load_adapter(directory: Path, trust_remote_code: bool, allow_pickle: bool):
 def resolve_preset(loaded: LoadedModel, name: str | None, *, presets_file: str | None = None,
                    overrides: dict[str, Any] | None = None, trust_remote_code: bool = False):
     """The GenerationConfig to decode with: the model's default, a preset saved with it, or a built-in one."""
-    from .presets import load_saved_preset, load_user_presets, make_preset, with_fields
+    from .loading import load_generation_config
+    from .presets import PRESET_DIR, load_user_presets, make_preset, with_fields
 
     base = loaded.model.generation_config
     user = load_user_presets(presets_file)
-    if name is not None and name not in user and loaded.path:
-        saved = load_saved_preset(loaded.path, name)
-        if saved is not None:
-            base, name = saved, None
+    saved = f"{PRESET_DIR}/{name}.json"
+    if name is not None and name not in user and loaded.path and (Path(loaded.path) / saved).is_file():
+        # Saved with the model, already resolved against its base.
+        base, name = load_generation_config(loaded.path, saved, key="preset"), None
     if name is None:  # the default preset (generation_config.json), with the user's overrides
         return with_fields("default", base, overrides or {}, set(overrides or {}), trust_remote_code)
     return make_preset(name, base=base, user_presets=user, overrides=overrides, trust_remote_code=trust_remote_code)
@@ -120,7 +140,7 @@ class Generator:
         self.decoding = decoding_kwargs(self.config.num_beams, self.config.do_sample)  # batches that shrink
         self.max_tokens = None if batch_size else source_budget(max_tokens, generation_config)
         self.batch_size = batch_size
-        self.max_source_length = max_source_length or _position_limit(self.model)
+        self.max_source_length = source_limit(self.model, self.tokenizer, max_source_length)
         self.seed = seed
         self.truncated = 0
         self.oom_splits = 0
@@ -132,11 +152,8 @@ class Generator:
             return []
         if self.config.do_sample:  # a seed per window: a resumed run samples what the first run would have
             torch.manual_seed(self.seed + window_index)
-        ids = self.tokenizer(sources, truncation=False)["input_ids"]
-        if self.max_source_length:
-            self.truncated += sum(len(x) > self.max_source_length for x in ids)
-            # Cut the middle, keep the end-of-sequence token the tokenizer appended (as truncation=True does).
-            ids = [x[: self.max_source_length - 1] + x[-1:] if len(x) > self.max_source_length else x for x in ids]
+        ids, truncated = encode_sources(self.tokenizer, sources, self.max_source_length)
+        self.truncated += truncated
         lengths = [len(x) for x in ids]
         results: list[Prediction | None] = [None] * len(sources)
         for batch in batch_by_size(lengths, max_tokens=self.max_tokens, max_sentences=self.batch_size):
@@ -206,7 +223,7 @@ def make_generator(loaded: LoadedModel, generation_config, *, backend: str = "tr
         from .ct2 import Ct2Generator
     except ImportError as err:
         raise ConfigError("--backend ct2 needs CTranslate2", key="backend", hint="pip install ctranslate2") from err
-    max_source_length = settings.get("max_source_length") or _position_limit(loaded.model)
+    max_source_length = source_limit(loaded.model, loaded.tokenizer, settings.get("max_source_length"))
     # The same budget as the transformers backend: on a CPU, beam 4 with the budget divided by 4 took
     # 2.62 s where the whole budget took 2.70 s (random T5, 480 rows; raw translate_batch 2.47 s).
     max_tokens = None if settings.get("batch_size") else source_budget(settings.get("max_tokens"), generation_config)
@@ -214,12 +231,49 @@ def make_generator(loaded: LoadedModel, generation_config, *, backend: str = "tr
                         max_source_length=max_source_length, seed=settings.get("seed", 42))
 
 
-def _position_limit(model) -> int | None:
-    limit = getattr(model.config, "max_position_embeddings", None)
-    encoder = getattr(model.config, "encoder", None)  # a warm-started pair keeps it on its encoder config
-    if limit is None and encoder is not None:
-        limit = getattr(encoder, "max_position_embeddings", None)
-    return limit
+def source_limit(model, tokenizer, max_source_length: int | None = None) -> int:
+    """Tokens a source keeps: the user's max_source_length, else the encoder's position limit, else the
+    tokenizer's model_max_length when it names one, else DEFAULT_SOURCE_LIMIT."""
+    from .modeling import source_positions, tokenizer_limit
+
+    positions = source_positions(model)
+    if max_source_length is None:
+        return positions or tokenizer_limit(tokenizer) or DEFAULT_SOURCE_LIMIT
+    if positions is not None and max_source_length > positions:
+        raise ConfigError(f"{max_source_length} is beyond the model's {positions} positions", key="max_source_length",
+                          hint=f"set max_source_length to {positions} or less")
+    return max_source_length
+
+
+def encode_sources(tokenizer, sources: list[str], limit: int) -> tuple[list[list[int]], int]:
+    """Token ids of `sources`, each longer one cut to `limit` tokens as truncation=True cuts (its special tokens
+    kept), and how many were cut.
+
+    A source far longer than the limit is tokenized from a head of whole words: a 1 MB line would
+    otherwise be tokenized whole (about a second) to keep 1024 of its tokens. Tokenizers split words at
+    whitespace before they split them into tokens, so the head's tokens are the source's first tokens;
+    a head that does not reach the limit (huge words, no whitespace) leaves the whole source to decide.
+    """
+    texts = [_head(source, limit) for source in sources]
+    ids = tokenizer(texts, truncation=False)["input_ids"]
+    for i, source in enumerate(sources):
+        if len(texts[i]) < len(source) and len(ids[i]) <= limit:
+            texts[i] = source
+            ids[i] = tokenizer(source, truncation=False)["input_ids"]
+    cut = [i for i, row in enumerate(ids) if len(row) > limit]
+    if cut:
+        for i, row in zip(cut, tokenizer([texts[i] for i in cut], truncation=True, max_length=limit)["input_ids"]):
+            ids[i] = row
+    return ids, len(cut)
+
+
+def _head(text: str, limit: int) -> str:
+    """`text` up to the last whitespace before HEAD_CHARACTERS characters a token; short texts whole."""
+    bound = limit * HEAD_CHARACTERS
+    if len(text) <= bound:
+        return text
+    end = max(text.rfind(space, 0, bound) for space in " \t\n")
+    return text[:end] if end > 0 else text
 
 
 def prefix_for(loaded: LoadedModel, prefix: str | None) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ModelError, did_you_mean
@@ -64,15 +63,32 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>
 
 
 def model_type_of(model_args: Any) -> str:
-    """The model type, read from the config only (no weights): cheap enough for validation."""
+    """The model type, read from the config only (no weights), and the tokenizer folders checked: cheap enough
+    for validation, so that a broken model folder fails before the data is read."""
+    from .loading import tokenizer_folder
+
     if model_args.model_config is not None:
         return scratch_architecture(model_args.model_config)[0]
     if model_args.encoder_name_or_path is not None:
         from .warm_start import load_configs
 
         load_configs(model_args)
+        tokenizer_folder(*tokenizer_source(model_args))
+        tokenizer_folder(model_args.decoder_name_or_path, "decoder_name_or_path")
         return "encoder-decoder"
-    return load_pretrained_config(model_args).model_type
+    model_type = load_pretrained_config(model_args).model_type
+    tokenizer_folder(*tokenizer_source(model_args))
+    return model_type
+
+
+def tokenizer_source(model_args: Any, key: str = "model_name_or_path") -> tuple[str, str]:
+    """Where the (encoder's) tokenizer comes from, and the key that named it: tokenizer_name, else the model
+    (`key`), or a warm-started pair's encoder."""
+    if model_args.tokenizer_name:
+        return model_args.tokenizer_name, "tokenizer_name"
+    if model_args.encoder_name_or_path is not None:
+        return model_args.encoder_name_or_path, "encoder_name_or_path"
+    return model_args.model_name_or_path, key
 
 
 def check_precision(model_type: str, training: dict[str, Any]) -> None:
@@ -95,83 +111,43 @@ def scratch_architecture(model_config: dict[str, Any]) -> tuple[str, ScratchArch
     return name, SCRATCH_ARCHITECTURES[name]
 
 
-def load_pretrained_config(model_args: Any):
-    from transformers import AutoConfig
+def load_pretrained_config(model_args: Any, key: str = "model_name_or_path"):
+    from .loading import load_config
 
     name = model_args.model_name_or_path
-    try:
-        config = AutoConfig.from_pretrained(
-            name,
-            revision=model_args.model_revision,
-            token=model_args.token,
-            cache_dir=model_args.cache_dir,
-            trust_remote_code=model_args.trust_remote_code,
-        )
-    except (OSError, ValueError) as err:
-        remote_code = "custom code" in str(err)
-        raise ModelError(
-            f"cannot load model {name!r}: {str(err).splitlines()[0]}",
-            key="model_name_or_path",
-            hint="it runs its own Python code: pass --trust_remote_code true only if you trust its source"
-            if remote_code else "check the Hub id or local path; without network only local directories work",
-        ) from err
+    config = load_config(name, key=key, revision=model_args.model_revision, token=model_args.token,
+                         cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
     if not getattr(config, "is_encoder_decoder", False):
         raise ModelError(
             f"{name!r} is a {config.model_type} model, not an encoder-decoder",
-            key="model_name_or_path",
+            key=key,
             hint="use a seq2seq checkpoint (T5, BART, Marian, Pegasus, M2M-100 ...)",
         )
     return config
 
 
-# Weight files that are Python pickles: loading one can run code planted in it.
-PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
-
-
-def weights_loading(name_or_path: str, allow_pickle: bool, key: str = "model_name_or_path") -> dict[str, Any]:
-    """from_pretrained arguments that load safetensors only, unless the user allows pickles (weights_only then).
-
-    Every loader (training, warm start, adapters' base, generate) goes through here, so a local
-    checkpoint with only pickle weights is refused with one message instead of a loader's "not found".
-    """
-    if allow_pickle:
-        return {"use_safetensors": None, "weights_only": True}
-    folder = Path(name_or_path)
-    pickles = [name for name in PICKLE_WEIGHTS if (folder / name).is_file()] if folder.is_dir() else []
-    if pickles and not any(folder.glob("*.safetensors")):
-        raise ModelError(f"{name_or_path} has only pickle weights ({pickles[0]}); unpickling can run code "
-                         "hidden in the file", key=key, hint="convert it to safetensors, or pass --allow_pickle true "
-                         "if you trust its source (it is then loaded with torch weights_only=True)")
-    return {"use_safetensors": True}
-
-
-def load_pretrained(model_args: Any, quantization_config: Any = None):
+def load_pretrained(model_args: Any, quantization_config: Any = None, *, key: str = "model_name_or_path"):
     """Tokenizer and model from a Hub id or local directory, safetensors only (quantized for QLoRA)."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForSeq2SeqLM
 
-    config = load_pretrained_config(model_args)
+    from .loading import load_model, load_tokenizer
+
+    config = load_pretrained_config(model_args, key)
     common = {"revision": model_args.model_revision, "token": model_args.token, "cache_dir": model_args.cache_dir,
               "trust_remote_code": model_args.trust_remote_code}
-    tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, use_fast=model_args.use_fast_tokenizer, **common)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load tokenizer {tokenizer_name!r}: {str(err).splitlines()[0]}",
-                         key="tokenizer_name") from err
+    tokenizer_name, tokenizer_key = tokenizer_source(model_args, key)
+    tokenizer = load_tokenizer(tokenizer_name, key=tokenizer_key, use_fast=model_args.use_fast_tokenizer, **common)
     if tokenizer.pad_token is None:
         raise ModelError(f"tokenizer {tokenizer_name!r} has no pad token, so batches cannot be padded",
-                         key="tokenizer_name", hint="use a tokenizer that defines pad_token")
-    try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(
-            model_args.model_name_or_path, config=config, quantization_config=quantization_config,
-            **weights_loading(model_args.model_name_or_path, model_args.allow_pickle), **common
-        )
-    except (OSError, ValueError) as err:
-        raise ModelError(
-            f"cannot load weights of {model_args.model_name_or_path!r}: {str(err).splitlines()[0]}",
-            key="model_name_or_path",
-            hint="check that the folder holds model.safetensors",
-        ) from err
+                         key=tokenizer_key, hint="use a tokenizer that defines pad_token")
+    model = load_model(AutoModelForSeq2SeqLM, model_args.model_name_or_path, key=key,
+                       allow_pickle=model_args.allow_pickle, hint="check that the folder holds model.safetensors",
+                       config=config, quantization_config=quantization_config, **common)
+    embeddings = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > embeddings:  # its last ids would index past the embeddings: an IndexError mid-run
+        raise ModelError(f"the tokenizer of {tokenizer_name!r} has {len(tokenizer)} tokens, more than the {embeddings} "
+                         f"embeddings of {model_args.model_name_or_path!r}", key=tokenizer_key,
+                         hint="use the tokenizer the model was trained with")
     return tokenizer, model
 
 
@@ -264,21 +240,54 @@ def _set_generation_ids(model: Any, ids: dict[str, int]) -> None:
         setattr(model.generation_config, key, ids[key])
 
 
+# Config fields that bound a sequence by its position embeddings (GPT-2-style configs map
+# max_position_embeddings to their n_positions). Relative-position models (T5) have none.
+POSITION_FIELDS = ("max_position_embeddings", "max_source_positions")
+
+
+def _positions(config: Any) -> int | None:
+    return next((value for value in (getattr(config, name, None) for name in POSITION_FIELDS)
+                 if isinstance(value, int) and value > 0), None)
+
+
 def max_positions(model: Any) -> int | None:
     """Longest sequence the model's position embeddings allow (None: relative positions, no limit)."""
     config = model.config
     if config.model_type == "encoder-decoder":  # a warm-started pair: the shorter of its two halves
-        limits = [getattr(part, "max_position_embeddings", None) for part in (config.encoder, config.decoder)]
+        limits = [_positions(part) for part in (config.encoder, config.decoder)]
         return min((limit for limit in limits if limit), default=None)
-    return getattr(config, "max_position_embeddings", None)
+    return _positions(config)
 
 
-def check_lengths(model: Any, max_source_length: int, max_target_length: int) -> None:
+def source_positions(model: Any) -> int | None:
+    """Longest source the encoder's position embeddings allow (None: relative positions, no limit)."""
+    config = model.config
+    return _positions(config.encoder if config.model_type == "encoder-decoder" else config)
+
+
+# transformers' model_max_length for a tokenizer that names no limit (VERY_LARGE_INTEGER, about 1e30).
+UNLIMITED_LENGTH = 1_000_000
+
+
+def tokenizer_limit(tokenizer: Any) -> int | None:
+    """The tokenizer's model_max_length when it names one (the length the model was pretrained on), else None."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < UNLIMITED_LENGTH else None
+
+
+def check_lengths(model: Any, max_source_length: int, max_target_length: int, *, tokenizer: Any = None) -> None:
+    """Lengths beyond the position embeddings are refused; beyond the tokenizer's model_max_length only
+    warned about (relative positions, T5's, allow them, but the model never saw such lengths)."""
     limit = max_positions(model)
     for key, value in (("max_source_length", max_source_length), ("max_target_length", max_target_length)):
         if limit is not None and value > limit:
             raise ConfigError(f"{value} is beyond the model's {limit} positions", key=key,
                               hint=f"set {key} to {limit} or less")
+    pretrained = tokenizer_limit(tokenizer)
+    if pretrained is not None and max_source_length > pretrained:
+        logger.warning("max_source_length=%d is beyond the tokenizer's model_max_length=%d, the length the model "
+                       "was pretrained on: longer sources are kept, but the model never saw such lengths",
+                       max_source_length, pretrained)
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

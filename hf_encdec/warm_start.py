@@ -33,16 +33,12 @@ def _hub_kwargs(model_args: Any) -> dict[str, Any]:
 
 def load_configs(model_args: Any) -> tuple[Any, Any]:
     """Encoder and decoder configs (no weights), checked to suit their roles: cheap enough for validation."""
-    from transformers import AutoConfig
+    from .loading import load_config
 
     configs = []
     for key in ("encoder_name_or_path", "decoder_name_or_path"):
         name = getattr(model_args, key)
-        try:
-            config = AutoConfig.from_pretrained(name, **_hub_kwargs(model_args))
-        except (OSError, ValueError) as err:
-            raise ModelError(f"cannot load {name!r}: {str(err).splitlines()[0]}", key=key,
-                             hint="check the Hub id or local path; without network only local directories work") from err
+        config = load_config(name, key=key, **_hub_kwargs(model_args))
         if getattr(config, "is_encoder_decoder", False):
             raise ModelError(f"{name!r} is already an encoder-decoder ({config.model_type})", key=key,
                              hint="fine-tune it with model_name_or_path instead")
@@ -109,18 +105,18 @@ class PairTokenizer:
 
 def load_warm_start(model_args: Any, quantization_config: Any = None):
     """A PairTokenizer and an EncoderDecoderModel with its special tokens wired."""
-    from transformers import AutoTokenizer, EncoderDecoderModel
+    from transformers import EncoderDecoderModel
 
-    from .modeling import weights_loading
+    from .loading import library_errors, weights_loading
+    from .modeling import tokenizer_source
 
     load_configs(model_args)
     hub = _hub_kwargs(model_args)
-    encoder_tokenizer = _tokenizer(model_args.tokenizer_name or model_args.encoder_name_or_path, "encoder_name_or_path",
-                                   model_args, AutoTokenizer)
+    encoder_tokenizer = _tokenizer(*tokenizer_source(model_args), model_args)
     if encoder_tokenizer.pad_token is None:
         raise ModelError(f"the encoder tokenizer {model_args.encoder_name_or_path!r} has no pad token",
                          key="encoder_name_or_path", hint="use an encoder whose tokenizer defines pad_token")
-    decoder_tokenizer = _tokenizer(model_args.decoder_name_or_path, "decoder_name_or_path", model_args, AutoTokenizer)
+    decoder_tokenizer = _tokenizer(model_args.decoder_name_or_path, "decoder_name_or_path", model_args)
     kwargs = {f"{part}_{key}": value for part in ("encoder", "decoder") for key, value in hub.items()}
     for part in ("encoder", "decoder"):
         name = getattr(model_args, f"{part}_name_or_path")
@@ -128,14 +124,11 @@ def load_warm_start(model_args: Any, quantization_config: Any = None):
         kwargs.update({f"{part}_{k}": v for k, v in loading.items()})
     if quantization_config is not None:
         kwargs.update(encoder_quantization_config=quantization_config, decoder_quantization_config=quantization_config)
-    try:
+    with library_errors(model_args.encoder_name_or_path, model_args.decoder_name_or_path, key="decoder_name_or_path",
+                        what="the pair", hint="the decoder must support cross-attention (BERT, RoBERTa, GPT-2 ...) "
+                                              "and both checkpoints need safetensors weights"):
         model = EncoderDecoderModel.from_encoder_decoder_pretrained(
             model_args.encoder_name_or_path, model_args.decoder_name_or_path, **kwargs)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"cannot pair {model_args.encoder_name_or_path!r} with {model_args.decoder_name_or_path!r}: "
-                         f"{str(err).splitlines()[0]}", key="decoder_name_or_path",
-                         hint="the decoder must support cross-attention (BERT, RoBERTa, GPT-2 ...) and both "
-                              "checkpoints need safetensors weights") from err
     if decoder_tokenizer.pad_token is None:
         decoder_tokenizer.add_special_tokens({"pad_token": ADDED_PAD_TOKEN})
         model.decoder.resize_token_embeddings(len(decoder_tokenizer))
@@ -158,11 +151,10 @@ def freeze_pooler(model: Any) -> None:
         pooler.requires_grad_(False)
 
 
-def _tokenizer(name: str, key: str, model_args: Any, auto_tokenizer: Any):
-    try:
-        return auto_tokenizer.from_pretrained(name, use_fast=model_args.use_fast_tokenizer, **_hub_kwargs(model_args))
-    except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load the tokenizer of {name!r}: {str(err).splitlines()[0]}", key=key) from err
+def _tokenizer(name: str, key: str, model_args: Any):
+    from .loading import load_tokenizer
+
+    return load_tokenizer(name, key=key, use_fast=model_args.use_fast_tokenizer, **_hub_kwargs(model_args))
 
 
 def special_token_ids(tokenizer: Any) -> dict[str, int]:
@@ -213,12 +205,12 @@ def describe(model: Any, model_args: Any) -> dict[str, Any]:
             "random_init": random_parts(model)}
 
 
-def load_tokenizers(directory: str) -> tuple[Any, Any]:
+def load_tokenizers(directory: str, key: str = "model") -> tuple[Any, Any]:
     """Input and output tokenizers of a saved run: the same one unless it is a pair with a decoder tokenizer."""
     from pathlib import Path
 
-    from transformers import AutoTokenizer
+    from .loading import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer = load_tokenizer(directory, key=key)
     decoder_dir = Path(directory) / DECODER_TOKENIZER_DIR
-    return tokenizer, AutoTokenizer.from_pretrained(decoder_dir) if decoder_dir.is_dir() else tokenizer
+    return tokenizer, load_tokenizer(str(decoder_dir), key=key) if decoder_dir.is_dir() else tokenizer

@@ -498,3 +498,70 @@ def test_parallel_text_files_must_align(tmp_path):
         read_parallel(str(tmp_path / "t.{lang}"), "en", "de")
     with pytest.raises(DataError, match="not found"):
         read_parallel(str(tmp_path / "t.{lang}"), "en", "fr")
+
+
+def test_parallel_text_files_with_windows_line_endings_read_clean(tmp_path):
+    from hf_encdec.data import load_file_split
+
+    (tmp_path / "t.en").write_bytes(b"A dog runs.\r\nA cat  \r\nlast\r\n")
+    (tmp_path / "t.de").write_bytes(b"Ein Hund rennt.\r\nEine Katze  \r\nletzte")  # no newline at the end
+    split = load_file_split("train", str(tmp_path / "t.{lang}"), source_column=None, target_column=None,
+                            source_lang="en", target_lang="de", candidates=[], on_invalid="fail")
+    assert split.sources == ["A dog runs.", "A cat  ", "last"]
+    assert split.targets == ["Ein Hund rennt.", "Eine Katze  ", "letzte"]
+
+
+def test_parallel_text_files_need_two_languages_and_two_files(tmp_path):
+    from hf_encdec.data import read_parallel
+    from hf_encdec.errors import ConfigError
+
+    (tmp_path / "t.en").write_text("a\nb\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        read_parallel(str(tmp_path / "t.{lang}"), "en", "en")
+    assert info.value.key == "target_lang"
+    assert_one_line(info.value, "source_lang and target_lang are both 'en'", "one file as both sides")
+    (tmp_path / "t.de").symlink_to(tmp_path / "t.en")
+    with pytest.raises(DataError) as info:
+        read_parallel(str(tmp_path / "t.{lang}"), "en", "de")
+    assert_one_line(info.value, "t.en", "is the same file as", "t.de")
+
+
+def test_one_language_for_both_sides_of_a_translation_column_is_refused():
+    from hf_encdec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="both 'en'"):
+        pick(["translation"], [{"translation": {"en": "a", "de": "b"}}], source_lang="en", target_lang="en")
+    with pytest.raises(ConfigError, match="source_column and target_column are both 'source'"):
+        pick(["source", "target"], [{"source": "a", "target": "b"}], source_column="source", target_column="source")
+
+
+@pytest.mark.parametrize("layout", ["columns", "translation"])
+def test_a_lone_surrogate_names_its_row_and_column(layout):
+    records = [{"source": "a", "target": "b"}, {"source": "ok", "target": "caf\udce9"}]
+    options = {}
+    if layout == "translation":
+        records = [{"translation": {"en": r["source"], "de": r["target"]}} for r in records]
+        options = {"source_lang": "en", "target_lang": "de"}
+    with pytest.raises(DataError) as info:
+        pick(["translation"] if layout == "translation" else ["source", "target"], records, **options)
+    column = "translation.de" if layout == "translation" else "target"
+    assert_one_line(info.value, "data.jsonl:2", f"column '{column}'", "lone surrogate, U+DCE9, at character 4")
+
+
+def test_a_lone_surrogate_escape_in_a_json_file_is_a_data_error(tmp_path):
+    path = write(tmp_path / "d.jsonl", '{"source": "a", "target": "b"}\n{"source": "\\ud83d", "target": "b"}\n')
+    with pytest.raises(DataError) as info:
+        load(path)
+    assert_one_line(info.value, f"{path}:2", "column 'source'", "lone surrogate")
+    assert len(load(write(tmp_path / "ok.jsonl", '{"source": "\\ud83d\\ude00", "target": "b"}\n'))) == 1  # a pair
+
+
+@pytest.mark.parametrize("name, content", [("d.csv", b"source,target\na,b\nc\0,d\n"),
+                                           ("d.jsonl", "\n".join(['{"source": "a", "target": "b"}'] * 2)
+                                            .encode("utf-16-le"))])
+def test_nul_bytes_are_refused_with_their_line(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        read_records(str(path))
+    assert_one_line(info.value, f"{path}:{3 if name == 'd.csv' else 1}", "NUL byte", "re-save the file as UTF-8")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -174,6 +175,18 @@ CASES = [
      ["output_dir", "is the model_name_or_path"]),
     ("output-dir-holds-a-users-readme", lambda c: c.args(output_dir=_folder_with(c, "README.md", "# mine\n")),
      ["README.md", "was not written by hf-encdec"]),
+    ("model-without-tokenizer-files", lambda c: c.args(model=str(shutil.copytree(
+        c.models["t5"], c.tmp / "untokenized", ignore=shutil.ignore_patterns("tokenizer*")))),
+     ["untokenized has no tokenizer files", "--tokenizer_name"]),
+    ("truncated-weights", lambda c: c.args(model=str([
+        shutil.copytree(c.models["t5"], c.tmp / "cut", ignore=shutil.ignore_patterns("*.safetensors")),
+        c.file("cut/model.safetensors", (c.models["t5"] / "model.safetensors").read_bytes()[:4096])][0])),
+     ["cut/model.safetensors", "truncated or corrupt"]),
+    ("lone-surrogate", lambda c: c.args(train_file=c.file("s.jsonl", '{"source": "\\ud800", "target": "x"}\n')),
+     ["s.jsonl:1", "column 'source'", "lone surrogate"]),
+    ("same-language-for-both-sides", lambda c: c.args(train_file=c.file("t.en", "a\nb\n").replace(".en", ".{lang}"),
+                                                      source_lang="en", target_lang="en"),
+     ["source_lang and target_lang are both 'en'"]),
 ]
 
 
