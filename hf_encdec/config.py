@@ -189,7 +189,18 @@ class RunConfig:
         """What only the libraries can tell: GenerationConfig's and Seq2SeqTrainingArguments' own validation."""
         from .presets import check_preset_configs
 
-        return check_preset_configs(*self._preset_request()) or self._training_argument_problems()
+        return (check_preset_configs(*self._preset_request()) or self._scratch_model_problems()
+                or self._training_argument_problems())
+
+    def _scratch_model_problems(self) -> list[ConfigError]:
+        from .modeling import check_scratch_config
+
+        try:
+            if self.model.model_config is not None:
+                check_scratch_config(self.model.model_config)
+        except ConfigError as err:
+            return [err]
+        return []
 
     def _adapter_problems(self) -> list[ConfigError]:
         m, a = self.model, self.adapter

@@ -23,6 +23,7 @@ from . import distributed
 from .errors import ConfigError, DataError, did_you_mean, disk_full, is_disk_full
 from .generation import (
     BACKENDS,
+    DEFAULT_SOURCE_LIMIT,
     DEFAULT_WINDOW,
     LoadedModel,
     check_batching,
@@ -46,7 +47,6 @@ from .streaming import (
     first_columns,
     input_format,
     iter_rows,
-    lone_surrogate,
     no_rows_error,
     source_of,
 )
@@ -70,8 +70,9 @@ class GenerateOptions:
                                                               "run_config.yaml or the task's usual names."})
     source_prefix: str | None = field(default=None, metadata={"help": "Text before every source; default: the "
                                                               "model's training prefix."})
-    max_source_length: int | None = field(default=None, metadata={"help": "Longer sources are truncated "
-                                                                  "(counted in the summary)."})
+    max_source_length: int | None = field(default=None, metadata={
+        "help": "Longer sources are truncated (counted in the summary). Default: the model's position limit, else "
+        f"the tokenizer's model_max_length, else {DEFAULT_SOURCE_LIMIT} (T5 and other relative-position models)."})
     on_error: str | None = field(default=None, metadata={
         "help": "Bad rows: fail or skip. Default: fail on unreadable rows, skip (and report) empty sources.",
         "choices": ["fail", "skip"]})
@@ -412,12 +413,6 @@ def read_references(options: EvaluateOptions, trained: dict[str, Any], task):
     pairs = select_pairs("test", path, columns, records, lines, source_column=options.source_column or
                          trained.get("source_column"), target_column=target, candidates=task.column_candidates,
                          **languages)
-    for role, texts in (("source", pairs.sources), ("reference", pairs.targets)):
-        for line, text in zip(pairs.lines, texts):
-            surrogate = lone_surrogate(text)
-            if surrogate:  # the tokenizer and the predictions file take UTF-8 text only
-                raise DataError(f"the {role} holds an invalid Unicode character (a lone surrogate {surrogate})",
-                                path=path, line=line, hint="fix the row's text")
     return validate_rows("test", path, pairs.sources, pairs.targets, pairs.lines, on_invalid="drop")
 
 

@@ -111,6 +111,30 @@ def scratch_architecture(model_config: dict[str, Any]) -> tuple[str, ScratchArch
     return name, SCRATCH_ARCHITECTURES[name]
 
 
+def check_scratch_config(model_config: dict[str, Any]) -> None:
+    """Every model_config key a field of the architecture's config class, of its type.
+
+    The config classes take unknown keys silently (a typo'd `num_layer` would train the default size)
+    and any type (`d_model: big` fails inside torch, after the data is read and the tokenizer trained).
+    """
+    import transformers
+
+    _, arch = scratch_architecture(model_config)
+    known = getattr(transformers, arch.config_class)().to_dict()
+    for key, value in model_config.items():
+        if key == "architecture":
+            continue
+        if key not in known:
+            raise ConfigError(f"{arch.config_class} has no field {key!r}", key=f"model_config.{key}",
+                              hint=did_you_mean(key, known) or "see the config class documentation")
+        default = known[key]
+        expected = type(default) if isinstance(default, (bool, int, float, str)) else None
+        numeric = expected is float and isinstance(value, int) and not isinstance(value, bool)
+        if expected is not None and not numeric and type(value) is not expected:
+            raise ConfigError(f"expected {expected.__name__} (like the default {default!r}), got {value!r}",
+                              key=f"model_config.{key}")
+
+
 def load_pretrained_config(model_args: Any, key: str = "model_name_or_path"):
     from .loading import load_config
 
@@ -186,10 +210,6 @@ def build_scratch(model_args: Any, texts: list[str], max_positions: int):
     config_class = getattr(transformers, arch.config_class)
     sizes = {**arch.defaults, **{k: v for k, v in model_args.model_config.items() if k != "architecture"}}
     known = config_class().to_dict()
-    unknown = [k for k in sizes if k not in known]
-    if unknown:
-        raise ConfigError(f"{arch.config_class} has no field {unknown[0]!r}", key=f"model_config.{unknown[0]}",
-                          hint=did_you_mean(unknown[0], known) or "see the config class documentation")
     tokenizer = train_tokenizer(texts, model_args.tokenizer_vocab_size, arch.template, arch.marian_vocabulary)
     if "max_position_embeddings" in known:
         sizes["max_position_embeddings"] = max(sizes.get("max_position_embeddings", 0), max_positions)

@@ -241,3 +241,20 @@ def test_config_mistakes_are_reported_before_torch_or_transformers_load(tmp_path
     assert len(lines) == len(CONFIG_MISTAKES), done.stderr
     for line, (_, key) in zip(lines, CONFIG_MISTAKES):
         assert f"key '{key}'" in line, line
+
+
+@pytest.mark.parametrize("model_config, key", [
+    ({"architecture": "t5", "num_layer": 3}, "model_config.num_layer"),  # T5Config would take the typo silently
+    ({"architecture": "t5", "d_model": "big"}, "model_config.d_model"),
+    ({"architecture": "bart", "dropout": "high"}, "model_config.dropout"),
+    ({"architecture": "marian", "encoder_layers": 2.5}, "model_config.encoder_layers"),
+    ({"architecture": "gpt"}, "model_config.architecture"),
+])
+def test_scratch_model_configs_are_checked_before_any_data_is_read(model_config, key):
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({"train_file": "missing.jsonl", "model_config": model_config})
+    assert err.value.key == key, str(err.value)
+
+
+def test_a_whole_number_for_a_float_size_is_accepted():
+    RunConfig.from_dict({"train_file": "t.jsonl", "model_config": {"architecture": "bart", "dropout": 0}})

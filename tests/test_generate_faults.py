@@ -359,7 +359,7 @@ def test_evaluate_refuses_a_lone_surrogate_in_a_reference(tiny_models, tmp_path,
     data = tmp_path / "bad.jsonl"
     data.write_text('{"source": "red cat", "target": "cat red"}\n{"source": "dog", "target": "x\\ud800"}\n')
     _run(capsys, ["evaluate", "--model", str(tiny_models["t5"]), "--data", str(data)],
-         ["bad.jsonl:2", "reference", "lone surrogate \\ud800"])
+         ["bad.jsonl:2", "column 'target'", "lone surrogate, U+D800"])
 
 
 # ----------------------------------------------------------------------------- the input stream
