@@ -236,7 +236,7 @@ def refresh_model_card(folder: Path, repo_id: str) -> None:
     card = folder / CARD
     if not saved.exists() or (card.exists() and not is_our_card(card)):
         return  # not an hf-encdec run, or the user's own card in place of ours: pushed as it is
-    config = read_saved_config(saved)
+    config = read_saved_config(folder)
     metrics_file = folder / "metrics.json"
     metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
     try:

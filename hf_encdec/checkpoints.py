@@ -289,10 +289,11 @@ def changed_keys(config) -> str:
     """'key: saved -> now' for each setting that differs from the run_config.yaml of the run being resumed."""
     import yaml
 
-    saved_file = config.output_dir / RUN_CONFIG
-    if not saved_file.is_file():
+    from .loading import read_run_config
+
+    if not (config.output_dir / RUN_CONFIG).is_file():
         return "its run_config.yaml is missing, so they cannot be compared"
-    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
+    saved = read_run_config(config.output_dir, key="resume_from_checkpoint")
     now = yaml.safe_load(yaml.safe_dump(config.to_flat_dict()))
     keys = sorted((set(saved) | set(now)) - RESUME_FREE_KEYS)
     return "; ".join(f"{k}: {_shown(saved, k)} -> {_shown(now, k)}" for k in keys if saved.get(k) != now.get(k))

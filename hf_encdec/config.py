@@ -349,13 +349,15 @@ def load_config(recipe: str | None = None, overrides: dict[str, Any] | None = No
     return RunConfig.from_dict(values, origin=recipe or "command line")
 
 
-def read_saved_config(path: Path) -> RunConfig:
+def read_saved_config(folder: Path) -> RunConfig:
     """A finished run's run_config.yaml as recorded, not re-validated against this machine.
 
     Validation would reject, say, a bf16 GPU run read on a CPU machine; a reader (the model card)
     only needs the values.
     """
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    from .loading import read_run_config
+
+    values = read_run_config(folder, key="model")
     ours = _our_fields()
     grouped: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
     training = dict(TRAINING_DEFAULTS)

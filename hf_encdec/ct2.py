@@ -18,6 +18,7 @@ from typing import Any
 
 from .distributed import state
 from .errors import ConfigError, ModelError
+from .generation import encode_sources
 
 logger = logging.getLogger("hf_encdec.generation")
 
@@ -162,10 +163,8 @@ class Ct2Generator:
             return []
         if self.config.do_sample:
             ctranslate2.set_random_seed(self.seed + window_index)
-        ids = self.tokenizer(sources, truncation=False)["input_ids"]
-        if self.max_source_length:
-            self.truncated += sum(len(x) > self.max_source_length for x in ids)
-            ids = [x[: self.max_source_length - 1] + x[-1:] if len(x) > self.max_source_length else x for x in ids]
+        ids, truncated = encode_sources(self.tokenizer, sources, self.max_source_length)
+        self.truncated += truncated
         tokens = [self.tokenizer.convert_ids_to_tokens(x) for x in ids]
         extra = {"target_prefix": [self.prefix] * len(tokens)} if self.prefix else {}
         if self.suppress:

@@ -225,16 +225,6 @@ def save_presets(configs: dict[str, Any], output_dir: Path) -> None:
         config.save_pretrained(str(output_dir), config_file_name=f"{PRESET_DIR}/{name}.json")
 
 
-def load_saved_preset(model_dir: str, name: str):
-    """A preset saved with a model (already resolved against its base), or None."""
-    from transformers import GenerationConfig
-
-    path = Path(model_dir) / PRESET_DIR / f"{name}.json"
-    if not path.is_file():
-        return None
-    return GenerationConfig.from_pretrained(model_dir, f"{PRESET_DIR}/{name}.json")
-
-
 def parse_value(field: str, value: Any) -> Any:
     """A command-line value for a GenerationConfig field, converted by the field's documented type.
 

@@ -57,7 +57,7 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     splits = load_splits(config, task)
     tokenizer, model = build_model(config, task, splits["train"], quantization)
     generation_settings = task.configure_tokenizer(tokenizer, config.data)
-    check_lengths(model, config.data.max_source_length, config.data.max_target_length)
+    check_lengths(model, config.data.max_source_length, config.data.max_target_length, tokenizer=tokenizer)
 
     start_output_dir(config)
     lengths = token_lengths(splits, tokenizer, task, config)
