@@ -11,8 +11,10 @@ adapted.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ModelError
@@ -224,20 +226,55 @@ def save_merged(model: Any, tokenizer: Any, output_dir: Any) -> None:
 
 
 def merge_saved(directory: str, output: str | None = None, base: str | None = None) -> str:
-    """`hf-encdec merge`: a saved adapter merged into its base model, saved where transformers alone loads it."""
-    from pathlib import Path
+    """`hf-encdec merge`: a saved adapter merged into its base model, saved where transformers alone loads it.
 
-    model, tokenizer = load_with_adapter(directory, base)
+    Saved beside the target and renamed into place, so a failed merge leaves no half-written model, and
+    never over something that is not ours: the run's folder, its base, or a folder of the user's.
+    """
+    import shutil
+
     target = Path(output) if output else Path(directory) / "merged"
-    save_merged(model, tokenizer, target)
+    _check_merge_target(Path(directory), target, base)
+    model, tokenizer = load_with_adapter(directory, base)
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a merge that was killed
+    save_merged(model, tokenizer, staging)
+    if target.exists():
+        shutil.rmtree(target)  # checked above: an earlier merge of ours, or empty
+    os.replace(staging, target)
     return str(target)
+
+
+def _check_merge_target(directory: Any, target: Any, base: str | None) -> None:
+    from .rundir import owned, started_by_us
+
+    resolved = target.resolve()
+    inputs = {"--model": directory, "the base model": base or _saved_base(directory)}
+    for name, path in inputs.items():
+        if path and os.path.exists(path) and resolved in (Path(path).resolve(), *Path(path).resolve().parents):
+            raise ConfigError(f"is {name} {path} or holds it: the merge would replace it", key="output",
+                              path=str(target), hint="choose another --output")
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        return
+    if not (target == directory / "merged" and started_by_us(directory) and owned(target)):
+        raise ConfigError("exists and was not written by hf-encdec merge", key="output", path=str(target),
+                          hint="choose a new or empty folder for --output, or move this one away")
+
+
+def _saved_base(directory: Any) -> str | None:
+    """The base model an adapter folder names, if it names one (load_with_adapter reports a broken file)."""
+    import json
+
+    try:
+        return json.loads((Path(directory) / "adapter_config.json").read_text(encoding="utf-8")).get(
+            "base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load_with_adapter(directory: str, base: str | None = None, trust_remote_code: bool = False,
                       allow_pickle: bool = False):
     """A saved LoRA/IA3 run as (PeftModel on its base, tokenizer); a warm-started pair's base is rebuilt."""
-    from pathlib import Path
-
     from peft import PeftModel
 
     from .arguments import ModelArguments

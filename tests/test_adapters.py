@@ -187,6 +187,22 @@ def test_merge_command_writes_a_plain_transformers_model(tiny_models, quick_args
             == _generate(_vanilla_peft_model(out, base), tokenizer, sources, out))
     assert main(["merge", "--model", str(tiny_models["t5"])]) == 2
     assert "adapter_config.json" in capsys.readouterr().err
+    # Merging again into the run's own merged/ replaces our earlier merge, and leaves no staging folder.
+    assert main(["merge", "--model", str(out)]) == 0 and (out / "merged" / "config.json").exists()
+    assert not list(out.glob(".merged.staging*"))
+    _assert_merge_refused(capsys, out, out, "--model")  # the run's folder itself
+    _assert_merge_refused(capsys, out, Path(base), "the base model")  # the base the adapter was trained on
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me\n")
+    _assert_merge_refused(capsys, out, mine, "not written by hf-encdec")
+    assert (mine / "notes.txt").read_text() == "keep me\n"
+
+
+def _assert_merge_refused(capsys, run, output, fragment):
+    assert main(["merge", "--model", str(run), "--output", str(output)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("hf-encdec: error: ") and fragment in lines[-1], lines
 
 
 @pytest.mark.skipif(not (MULTI30K / "train.en.gz").exists(), reason="Multi30k is not beside the repository")
