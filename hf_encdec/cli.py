@@ -186,14 +186,19 @@ def train_help() -> str:
 
 
 def merge_command(args: list[str]) -> int:
+    from .coercion import coerce
     from .config import parse_overrides
-    from .errors import ConfigError
 
+    usage = "usage: hf-encdec merge --model DIR [--output DIR] [--base ID_OR_DIR]"
+    if "-h" in args or "--help" in args:
+        print(usage)
+        return 0
     options = parse_overrides(args)
     unknown = sorted(set(options) - {"model", "output", "base"})
     if unknown:
-        raise ConfigError("unknown option", key=unknown[0],
-                          hint="usage: hf-encdec merge --model DIR [--output DIR] [--base ID_OR_DIR]")
+        raise ConfigError("unknown option", key=unknown[0], hint=usage)
+    for key, value in options.items():
+        coerce(key, value, str | None)  # a flag given without its value stops here
     if not options.get("model"):
         raise ConfigError("which run to merge?", key="model", hint="pass --model with the run's output_dir")
 

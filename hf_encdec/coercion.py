@@ -42,12 +42,23 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
         raise ConfigError("needs a value, got null", key=key, hint=f"give a {_type_name(annotation)}")
     if isinstance(value, str) and value.lstrip()[:1] in ("[", "{") and any(map(_is_container, members)):
         value = strict_yaml.load(value, key=key)  # `--metrics [bleu, chrf]`, `--presets '{"b6": {...}}'`
+    if isinstance(value, BareFlag) and bool not in members:
+        raise ConfigError("needs a value", key=key, hint=f"give --{key} VALUE")
     for member in sorted(members, key=lambda m: isinstance(m, type) and issubclass(m, LibraryType)):
+        if member is type(None):
+            continue
         converted = _convert(value, member)
         if converted is not _NO:
             return converted
     expected = " or ".join(_type_name(m) for m in members if m is not type(None))
     raise ConfigError(f"expected {expected}, got {value!r}", key=key)
+
+
+class BareFlag(str):
+    """`--key` given with no value: true for a boolean key, a mistake for any other (a forgotten value)."""
+
+    def __new__(cls) -> BareFlag:
+        return super().__new__(cls, "true")
 
 
 def _is_container(annotation: Any) -> bool:

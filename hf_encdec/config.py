@@ -30,7 +30,7 @@ from .arguments import (
     ModelArguments,
     RunArguments,
 )
-from .coercion import coerce
+from .coercion import BareFlag, coerce
 from .errors import ConfigError, did_you_mean
 from .library_fields import training_argument_types
 from .tasks import TASKS
@@ -331,8 +331,8 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
                 value = args[i + 1]
                 i += 1
             else:
-                value = "true"
-        values[key] = _cli_value(value)
+                value = BareFlag()
+        values[key] = value if isinstance(value, BareFlag) else _cli_value(value)
         i += 1
     return values
 

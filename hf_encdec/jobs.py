@@ -76,7 +76,7 @@ class GenerateOptions:
     on_error: str | None = field(default=None, metadata={
         "help": "Bad rows: fail or skip. Default: fail on unreadable rows, skip (and report) empty sources.",
         "choices": ["fail", "skip"]})
-    overwrite: bool = field(default=False, metadata={"help": "Replace a finished output file."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output file (never an input)."})
     window: int = field(default=DEFAULT_WINDOW, metadata={"help": "Rows sorted together (and committed together)."})
     seed: int = field(default=42, metadata={"help": "Seed of sampling presets."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code (moved-out decoding methods)."})
@@ -102,6 +102,7 @@ class EvaluateOptions:
     metrics: list[str] | None = field(default=None, metadata={"help": "Default: the model's task metrics."})
     output: str | None = field(default=None, metadata={"help": "Write the metrics to this .json file."})
     predictions: str | None = field(default=None, metadata={"help": "Write source/reference/prediction .jsonl."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace existing --output / --predictions files."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code (moved-out decoding methods)."})
     allow_pickle: bool = field(default=False, metadata={"help": "Load pickle-only weights (pytorch_model.bin) "
                                                         "with weights_only=True; off: unpickling can run code."})
@@ -114,7 +115,7 @@ def split_options(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], di
     """Flat keys into (our options, GenerationConfig overrides), every value checked before the model loads."""
     from .coercion import coerce
     from .metrics import check_metric_names
-    from .presets import check_fields, generation_fields, parse_value
+    from .presets import check_fields, check_preset_fields, generation_fields, parse_value
 
     typed = typing.get_type_hints(cls)
     required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
@@ -127,8 +128,8 @@ def split_options(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], di
         else:
             raise ConfigError("unknown option", key=key, hint=did_you_mean(key, [*typed, *known]) or "see --help")
     for key in required:
-        if ours.get(key) is None:
-            raise ConfigError("is required", key=key, hint=f"give --{key}")
+        if ours.get(key) is None or not str(ours[key]).strip():
+            raise ConfigError("is required", key=key, hint=f"give --{key} a value")
     for f in dataclasses.fields(cls):
         choices, value = f.metadata.get("choices"), ours.get(f.name)
         if choices and value is not None and value not in choices:
@@ -137,6 +138,9 @@ def split_options(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], di
     check_batching(ours.get("max_tokens"), ours.get("batch_size"), ours.get("max_source_length"))
     check_metric_names(ours.get("metrics") or [])
     check_fields(None, overrides)
+    problems = check_preset_fields([], ours.get("presets"))  # the user's presets file, every preset in it
+    if problems:
+        raise problems[0]
     return ours, overrides
 
 
@@ -377,6 +381,8 @@ def evaluate_file(options: EvaluateOptions, overrides: dict[str, Any] | None = N
 
     outputs = [(key, path) for key, path in (("output", options.output), ("predictions", options.predictions)) if path]
     check_outputs(outputs, {"data": options.data, "model": options.model, "presets": options.presets})
+    for key, path in outputs:
+        refuse_finished(path, options.overwrite, key)
     loaded = load_model(options.model, trust_remote_code=options.trust_remote_code,
                         allow_pickle=options.allow_pickle)
     trained = loaded.run_config

@@ -133,6 +133,10 @@ def check_scratch_config(model_config: dict[str, Any]) -> None:
         if expected is not None and not numeric and type(value) is not expected:
             raise ConfigError(f"expected {expected.__name__} (like the default {default!r}), got {value!r}",
                               key=f"model_config.{key}")
+        if expected is int and default > 0 and value <= 0:  # layer and head counts, sizes: torch fails on them later
+            raise ConfigError(f"must be positive, got {value}", key=f"model_config.{key}")
+        if expected is float and value < 0:  # dropout rates, scales
+            raise ConfigError(f"must be >= 0, got {value}", key=f"model_config.{key}")
 
 
 def load_pretrained_config(model_args: Any, key: str = "model_name_or_path"):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import strict_yaml
-from .coercion import coerce
+from .coercion import BareFlag, coerce
 from .errors import ConfigError, did_you_mean
 from .library_fields import generation_field_types
 
@@ -234,6 +234,8 @@ def parse_value(field: str, value: Any) -> Any:
     if not isinstance(value, str):
         return value
     declared = generation_field_types().get(field)
+    if isinstance(value, BareFlag) and declared is not bool:
+        raise ConfigError("needs a value", key=field, hint=f"give --{field} VALUE")
     if declared is not None:
         return coerce(field, value, declared)
     return strict_yaml.load(value, key=field)

@@ -190,10 +190,11 @@ def _same_inode(fd: int, path: Path) -> bool:
         return False
 
 
-def refuse_finished(path: str | Path, overwrite: bool) -> None:
+def refuse_finished(path: str | Path, overwrite: bool, key: str = "output") -> None:
+    """An existing file (a finished run, or a file of the user's: nothing tells them apart) stays unless told."""
     if Path(path).exists() and not overwrite:
-        raise ConfigError("output file exists (a finished run)", path=str(path),
-                          hint="pass --overwrite to replace it, or choose another --output")
+        raise ConfigError("the file exists", path=str(path), key=key,
+                          hint=f"choose another --{key}, or pass --overwrite to replace it")
 
 
 # ----------------------------------------------------------------------------- output paths

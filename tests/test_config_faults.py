@@ -258,3 +258,33 @@ def test_scratch_model_configs_are_checked_before_any_data_is_read(model_config,
 
 def test_a_whole_number_for_a_float_size_is_accepted():
     RunConfig.from_dict({"train_file": "t.jsonl", "model_config": {"architecture": "bart", "dropout": 0}})
+
+
+# ----------------------------------------------------------------------------- flags without values, empty paths
+
+
+@pytest.mark.parametrize("argv, key", [
+    (TRAIN + ["--output_dir"], "output_dir"),  # trained into ./true before
+    (["train", "--train_file", "a.jsonl", "--model_config", "t5"], "model_config"),
+    (["train", "--train_file", "a.jsonl", "--model_config", "{architecture: t5, d_model: -4}"],
+     "model_config.d_model"),
+    (GENERATE + ["--num_beams"], "num_beams"),
+    (["generate", "--input", "in.txt", "--output", "o.jsonl", "--model"], "model"),
+    (["generate", "--model", "", "--input", "in.txt", "--output", "o.jsonl"], "model"),
+    (["generate", "--model", "m", "--input", "", "--output", "o.jsonl"], "input"),
+    (["merge", "--model"], "model"),
+])
+def test_a_flag_without_its_value_or_an_empty_path_is_one_line(argv, key, tmp_path, monkeypatch, capsys):
+    from hf_encdec.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.txt").write_text("red cat\n")
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("hf-encdec: error: ") and f"key '{key}'" in lines[-1], lines
+    assert not (tmp_path / "true").exists()
+
+
+def test_a_bare_flag_still_turns_a_boolean_on():
+    config = RunConfig.from_dict({**BASE, **parse_overrides(["--logging_first_step", "--overwrite_output_dir"])})
+    assert config.training["logging_first_step"] is True and config.run.overwrite_output_dir is True

@@ -184,7 +184,7 @@ def test_a_finished_output_is_kept_unless_overwrite(tiny_models, tmp_path, capsy
     args = ["generate", "--model", str(tiny_models["t5"]), "--input", str(inputs["txt"]), "--output", str(out),
             "--max_new_tokens", "4", "--progress", "false"]
     assert main(args) == 2
-    assert "output file exists" in capsys.readouterr().err and out.read_text() == "precious\n"
+    assert "the file exists" in capsys.readouterr().err and out.read_text() == "precious\n"
     assert main([*args, "--overwrite"]) == 0
     assert len(out.read_text().splitlines()) == 3
 
