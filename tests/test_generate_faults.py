@@ -330,7 +330,7 @@ def test_a_full_disk_while_evaluate_writes_leaves_no_half_file(tiny_models, pair
     metrics.write_text("earlier\n")
     _disk_fills(monkeypatch, ".metrics.json.")
     _run(capsys, ["evaluate", "--model", str(tiny_models["t5"]), "--data", str(pair_files["test"]),
-                  "--max_new_tokens", "2", "--metrics", "exact_match", "--output", str(metrics)],
+                  "--max_new_tokens", "2", "--metrics", "exact_match", "--output", str(metrics), "--overwrite"],
          ["metrics.json", "no space left"])
     assert metrics.read_text() == "earlier\n" and not list(tmp_path.glob(".*"))
 
