@@ -385,11 +385,8 @@ def load_file_split(
     on_invalid: str, max_samples: int | None = None, require_target: bool = True,
 ) -> Split:
     """Read a file, pick columns, validate, then keep the first max_samples valid rows."""
-    if PARALLEL_PLACEHOLDER in str(path):
-        columns, records, lines = read_parallel(str(path), source_lang, target_lang)
-    else:
-        columns, records, lines = read_records(path)
-    return _build_split(name, str(path), columns, records, lines, on_invalid=on_invalid, max_samples=max_samples,
+    columns, records, lines = read_file(path, source_lang, target_lang)
+    return build_split(name, str(path), columns, records, lines, on_invalid=on_invalid, max_samples=max_samples,
                         require_target=require_target, source_column=source_column, target_column=target_column,
                         source_lang=source_lang, target_lang=target_lang, candidates=candidates)
 
@@ -416,13 +413,21 @@ def load_hub_split(
     if len(ds) == 0:
         raise DataError("split has no rows", path=origin, hint="choose another split or dataset")
     records = ds.to_list()
-    return _build_split(name, origin, list(ds.column_names), records, list(range(1, len(records) + 1)),
+    return build_split(name, origin, list(ds.column_names), records, list(range(1, len(records) + 1)),
                         on_invalid=on_invalid, max_samples=max_samples, require_target=require_target,
                         source_column=source_column, target_column=target_column,
                         source_lang=source_lang, target_lang=target_lang, candidates=candidates)
 
 
-def _build_split(name, origin, columns, records, lines, *, on_invalid, max_samples, require_target, **pick) -> Split:
+def read_file(path: str, source_lang: str | None, target_lang: str | None) -> tuple[list[str], list[dict], list[int]]:
+    """(columns, records, lines) of a data file, or of a {lang} pair of plain-text files."""
+    if PARALLEL_PLACEHOLDER in str(path):
+        return read_parallel(str(path), source_lang, target_lang)
+    return read_records(path)
+
+
+def build_split(name, origin, columns, records, lines, *, on_invalid, max_samples, require_target, **pick) -> Split:
+    """Records into a Split: pick the columns (`pick`: select_pairs' keys), validate, keep max_samples."""
     pairs = select_pairs(name, origin, columns, records, lines, require_target=require_target, **pick)
     split = validate_rows(name, origin, pairs.sources, pairs.targets, pairs.lines, on_invalid=on_invalid,
                           require_target=require_target)

@@ -407,19 +407,15 @@ def evaluate_file(options: EvaluateOptions, overrides: dict[str, Any] | None = N
 
 def read_references(options: EvaluateOptions, trained: dict[str, Any], task):
     """The rows of --data with their references, read once; the reference column is never a guess."""
-    from .data import PARALLEL_PLACEHOLDER, read_parallel, read_records, select_pairs, validate_rows
+    from .data import build_split, read_file
 
     path = options.data
     languages = {"source_lang": trained.get("source_lang"), "target_lang": trained.get("target_lang")}
-    if PARALLEL_PLACEHOLDER in path:
-        columns, records, lines = read_parallel(path, *languages.values())
-    else:
-        columns, records, lines = read_records(path)
+    columns, records, lines = read_file(path, **languages)
     target = reference_column(path, columns, records, options.target_column, trained, task)
-    pairs = select_pairs("test", path, columns, records, lines, source_column=options.source_column or
-                         trained.get("source_column"), target_column=target, candidates=task.column_candidates,
-                         **languages)
-    return validate_rows("test", path, pairs.sources, pairs.targets, pairs.lines, on_invalid="drop")
+    return build_split("test", path, columns, records, lines, on_invalid="drop", max_samples=None, require_target=True,
+                       source_column=options.source_column or trained.get("source_column"), target_column=target,
+                       candidates=task.column_candidates, **languages)
 
 
 def reference_column(path: str, columns: list[str], records: list[dict], given: str | None,
