@@ -3,16 +3,15 @@
 peft does the adapting; this module picks what to adapt. peft's default targets only know a
 few seq2seq families and adapt only q/v by name, so `lora_target_modules: auto` is resolved
 here from a per-model_type table to the full names of the modules, which makes the choice
-visible in the log and lets an unknown name fail before training. In a warm-started pair the
-cross-attention starts random, so it is trained fully (peft `modules_to_save`) rather than
-adapted.
+visible in the log and lets an unknown name fail before training. In a warm-started pair every
+module that starts random (the cross-attention, an LM head the decoder checkpoint lacked) is
+trained fully and saved with the adapter (peft `modules_to_save`) rather than adapted.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,26 +117,42 @@ def resolve_targets(model: Any, spec: str | list[str], method: str, skip: list[s
             feedforward = wanted & {leaf for p in PROJECTIONS.values() for leaf in p.ffn_out}
     targets = sorted(name for name in kept if any(_matches(name, leaf) for leaf in wanted))
     if not targets:
-        raise ConfigError("every target module is trained fully already (train_cross_attention)",
-                          key="lora_target_modules", hint="target modules outside the cross-attention")
+        raise ConfigError("every target module starts random in this pair and is trained fully already",
+                          key="lora_target_modules", hint="target modules outside the random ones (cross-attention ...)")
     return targets, sorted(name for name in targets if any(_matches(name, leaf) for leaf in feedforward))
 
 
-def cross_attention_to_train(model: Any, adapter_args: Any) -> list[str]:
-    """Full names of the warm-started pair's random modules (cross-attention, projection) to train fully."""
-    from .warm_start import random_parts
+def random_modules_to_train(model: Any, adapter_args: Any) -> list[str]:
+    """Full names of the modules of a warm-started pair that start random, to train fully and save.
 
-    if model.config.model_type != "encoder-decoder" or not adapter_args.train_cross_attention:
+    Frozen, a random weight would not be saved with the adapter, and every reload of the run
+    would draw it again; so each is trained and saved (peft `modules_to_save`) or refused here.
+    """
+    from .warm_start import layer_patterns
+
+    random = getattr(model, "random_weights", None)  # set by warm_start.load_warm_start
+    if random is None:
         return []
-    patterns = [re.compile(re.escape(p).replace(r"\*", r"\d+") + "$") for p in random_parts(model)]
-    return [name for name, _ in model.named_modules() if any(p.match(name) for p in patterns)]
+    if random.shared:
+        weight, pretrained = random.shared[0]
+        raise ConfigError(f"{weight} starts random (its checkpoint has none) and shares a module with the "
+                          f"pretrained {pretrained}, so an adapter can neither train nor save it", key="peft",
+                          hint="use a decoder checkpoint saved with its LM head (e.g. BertLMHeadModel or "
+                               "BertForMaskedLM weights), or remove peft to train every weight")
+    if random.trained() and not adapter_args.train_cross_attention:
+        raise ConfigError(f"{', '.join(layer_patterns(random.trained()))} start random; frozen, they would not be saved "
+                          "with the adapter and each reload would draw them again", key="train_cross_attention",
+                          hint="remove train_cross_attention: false (true trains them fully and saves them)")
+    return random.trained()
 
 
 def peft_config(model: Any, adapter_args: Any):
     from peft import IA3Config, LoraConfig, TaskType
 
-    full = cross_attention_to_train(model, adapter_args)
-    targets, feedforward = resolve_targets(model, adapter_args.lora_target_modules, adapter_args.peft, full)
+    full = random_modules_to_train(model, adapter_args)
+    random = getattr(model, "random_weights", None)
+    skip = full + list(random.unused) if random else full  # no adapter on what is trained fully or feeds nothing
+    targets, feedforward = resolve_targets(model, adapter_args.lora_target_modules, adapter_args.peft, skip)
     common = {"task_type": TaskType.SEQ_2_SEQ_LM, "target_modules": targets, "modules_to_save": full or None}
     if adapter_args.peft == "ia3":
         return IA3Config(feedforward_modules=feedforward, **common)
@@ -166,8 +181,8 @@ def apply_peft(model: Any, adapter_args: Any, gradient_checkpointing: bool):
     logger.info("%s on %d modules (%s)", adapter_args.peft, len(adapted),
                 ", ".join(sorted({n.rsplit(".", 1)[-1] for n in adapted})))
     if config.modules_to_save:
-        logger.info("trained fully, not adapted: %s (cross-attention of a warm-started pair starts random)",
-                    ", ".join(config.modules_to_save))
+        logger.info("trained fully, not adapted: %s (they start random in the warm-started pair)",
+                    ", ".join(sorted(config.modules_to_save)))
     return model
 
 

@@ -206,6 +206,52 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "report_to": "none",
 }
 
+# report_to integration -> (modules it imports, each as alternatives "a|b", and how to install them). The
+# Trainer imports them only once the data and the model have loaded; config validation checks them first.
+REPORTING_INTEGRATIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "tensorboard": (("tensorboard|tensorboardX",), 'pip install tensorboard, or pip install -e ".[tensorboard]"'),
+    "wandb": (("wandb",), 'pip install wandb, or pip install -e ".[wandb]"'),
+    "mlflow": (("mlflow",), "pip install mlflow"),
+    "comet_ml": (("comet_ml",), "pip install comet_ml"),
+    "neptune": (("neptune",), "pip install neptune"),
+    "azure_ml": (("azureml",), "pip install azureml-core"),
+    "trackio": (("trackio",), "pip install trackio"),
+    "codecarbon": (("codecarbon",), "pip install codecarbon"),
+    "clearml": (("clearml",), "pip install clearml"),
+    "dagshub": (("dagshub", "mlflow"), "pip install dagshub mlflow"),  # DagsHub logs through MLflow
+    "flyte": (("flytekit", "flytekitplugins.deck"), "pip install flytekit flytekitplugins-deck"),
+    "dvclive": (("dvclive",), "pip install dvclive"),
+    "swanlab": (("swanlab",), "pip install swanlab"),
+    "kubeflow": ((), ""),  # reports through an environment variable's server, no package
+}
+
+# A step count given without its strategy switches that strategy to `steps`: run_translation.py users pass
+# `--save_steps 500` expecting step saving (the library's default save strategy is `steps`, ours `epoch`).
+STEP_COUNTS: dict[str, str] = {"save_steps": "save_strategy", "eval_steps": "eval_strategy"}
+# What `hf-encdec train --help` adds to a default.
+TRAINING_DEFAULT_NOTES: dict[str, str] = {
+    "eval_strategy": "; steps when eval_steps is given",
+    "save_strategy": "; steps when save_steps is given",
+}
+
+
+def implied_strategies(given: dict[str, Any], best_model: bool) -> dict[str, Any]:
+    """The strategies (and step counts) that the step counts in `given` imply, for keys not in `given`.
+
+    Picking the best checkpoint (load_best_model_at_end, early stopping) needs evaluations and saves
+    on one schedule, so there a step count given for one of them sets both, unless the other's
+    strategy is given: `--eval_steps 50 --early_stopping_patience 3` evaluates and saves every 50 steps.
+    """
+    counts = {count: given[count] for count in STEP_COUNTS if given.get(count) is not None}
+    implied: dict[str, Any] = {STEP_COUNTS[count]: "steps" for count in counts if STEP_COUNTS[count] not in given}
+    if best_model and implied:
+        for count, strategy in STEP_COUNTS.items():
+            if strategy not in given:
+                implied[strategy] = "steps"
+                if count not in counts:
+                    implied[count] = next(iter(counts.values()))
+    return implied
+
 
 def _positive(v: float) -> bool:
     return v > 0

@@ -163,7 +163,7 @@ def push_command(args: list[str]) -> int:
 def train_help() -> str:
     import dataclasses
 
-    from .arguments import ALIASES, GROUPS, TRAINING_DEFAULTS
+    from .arguments import ALIASES, GROUPS, TRAINING_DEFAULT_NOTES, TRAINING_DEFAULTS
 
     lines = ["usage: hf-encdec train [RECIPE.yaml] [--key value ...]", ""]
     for group, cls in GROUPS.items():
@@ -174,7 +174,8 @@ def train_help() -> str:
             lines.append(f"  --{f.name:<28} {f.metadata.get('help', '')}{extra} (default: {f.default!r})")
         lines.append("")
     lines.append("every Seq2SeqTrainingArguments key is accepted too; hf-encdec's own defaults for them:")
-    lines.extend(f"  --{key:<28} {value!r}" for key, value in TRAINING_DEFAULTS.items())
+    lines.extend(f"  --{key:<28} {value!r}{TRAINING_DEFAULT_NOTES.get(key, '')}"
+                 for key, value in TRAINING_DEFAULTS.items())
     lines.append("")
     lines.append("several processes (see README, Scaling out):")
     lines.append(f"  --{'num_processes':<28} start N processes with accelerate launch (one per GPU; gloo on CPU)")

@@ -22,8 +22,10 @@ from . import strict_yaml
 from .arguments import (
     ALIASES,
     GROUPS,
+    REPORTING_INTEGRATIONS,
     TRAINING_DEFAULTS,
     TRAINING_LIMITS,
+    implied_strategies,
     AdapterArguments,
     BatchingArguments,
     DataArguments,
@@ -54,6 +56,37 @@ def _training_value_problems(training: dict[str, Any]) -> list[ConfigError]:
         problems.append(ConfigError("needs a folder path, got an empty one", key="output_dir",
                                     hint="e.g. --output_dir runs/my-run"))
     return problems
+
+
+def _report_to_problems(report_to: Any) -> list[ConfigError]:
+    """Unknown or uninstalled reporting integrations: the Trainer meets them after the model has loaded."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    choices = [*REPORTING_INTEGRATIONS, "all", "none"]
+    if len(names) > 1 and {"all", "none"} & set(names):
+        return [ConfigError(f"all and none stand alone, got {', '.join(names)}", key="report_to")]
+    problems = []
+    for name in names:
+        if name in ("all", "none"):  # all: those installed
+            continue
+        if name not in REPORTING_INTEGRATIONS:
+            problems.append(ConfigError(f"unknown integration {name!r}", key="report_to",
+                                        hint=did_you_mean(name, choices) or f"choose from {', '.join(choices)}"))
+            continue
+        modules, install = REPORTING_INTEGRATIONS[name]
+        missing = [m.replace("|", " or ") for m in modules if not any(map(_installed, m.split("|")))]
+        if missing:
+            problems.append(ConfigError(f"reporting to {name} needs {' and '.join(missing)}, which is not installed",
+                                        key="report_to", hint=install))
+    return problems
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a submodule (flytekitplugins.deck) of a package that is missing
+        return False
 
 
 def _our_fields() -> dict[str, tuple[str, dataclasses.Field, Any]]:
@@ -99,6 +132,9 @@ class RunConfig:
                     raise ConfigError("unknown key", key=raw_key, hint=hint)
             except ConfigError as err:
                 problems.append(err)
+        given = {key: training[key] for key in (ALIASES.get(k, k) for k in values) if key in training}
+        best_model = bool(training.get("load_best_model_at_end") or grouped["run"].get("early_stopping_patience"))
+        training.update(implied_strategies(given, best_model))
         if not problems:
             config = cls(
                 model=ModelArguments(**grouped["model"]),
@@ -158,6 +194,7 @@ class RunConfig:
                             hint="set eval_strategy to epoch or steps")
             )
         problems.extend(_training_value_problems(t))
+        problems.extend(_report_to_problems(t.get("report_to")))
         problems.extend(self._batching_problems())
         problems.extend(self._adapter_problems())
         problems.extend(self._preset_problems())
@@ -265,8 +302,10 @@ class RunConfig:
         return names, self.run.presets, self.model.trust_remote_code, {"num_beams": beams} if beams else None
 
     def _training_argument_problems(self) -> list[ConfigError]:
+        # Early stopping keeps the best checkpoint (training.build_trainer): checked as it will run.
+        best = {"load_best_model_at_end": True} if self.run.early_stopping_patience else {}
         try:
-            self.training_arguments()
+            self.training_arguments(**best)
         except (ValueError, TypeError) as err:
             return [ConfigError(f"rejected by Seq2SeqTrainingArguments: {err}")]
         return []

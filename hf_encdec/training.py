@@ -247,8 +247,9 @@ def build_model(config: RunConfig, task: TaskAdapter, train: data_lib.Split, qua
     elif is_warm_start(config.model):
         tokenizer, model = load_warm_start(config.model, quantization)
         parts = describe(model, config.model)
+        random = [f"{part} (unused, frozen)" if part in parts["unused"] else part for part in parts["random_init"]]
         logger.info("warm start: encoder %s and decoder %s are pretrained; starting random: %s", parts["encoder"],
-                    parts["decoder"], ", ".join(parts["random_init"]))
+                    parts["decoder"], ", ".join(random))
     else:
         tokenizer, model = load_pretrained(config.model, quantization)
     keep_start_embedding_zero(model)

@@ -9,6 +9,8 @@ the model config and the generation config: a saved pair then generates with no 
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ModelError
@@ -104,40 +106,80 @@ class PairTokenizer:
 
 
 def load_warm_start(model_args: Any, quantization_config: Any = None):
-    """A PairTokenizer and an EncoderDecoderModel with its special tokens wired."""
-    from transformers import EncoderDecoderModel
-
-    from .loading import library_errors, weights_loading
+    """A PairTokenizer and an EncoderDecoderModel with its special tokens wired and its random weights found."""
     from .modeling import tokenizer_source
 
     load_configs(model_args)
-    hub = _hub_kwargs(model_args)
     encoder_tokenizer = _tokenizer(*tokenizer_source(model_args), model_args)
     if encoder_tokenizer.pad_token is None:
         raise ModelError(f"the encoder tokenizer {model_args.encoder_name_or_path!r} has no pad token",
                          key="encoder_name_or_path", hint="use an encoder whose tokenizer defines pad_token")
     decoder_tokenizer = _tokenizer(model_args.decoder_name_or_path, "decoder_name_or_path", model_args)
-    kwargs = {f"{part}_{key}": value for part in ("encoder", "decoder") for key, value in hub.items()}
-    for part in ("encoder", "decoder"):
-        name = getattr(model_args, f"{part}_name_or_path")
-        loading = weights_loading(name, model_args.allow_pickle, key=f"{part}_name_or_path")
-        kwargs.update({f"{part}_{k}": v for k, v in loading.items()})
-    if quantization_config is not None:
-        kwargs.update(encoder_quantization_config=quantization_config, decoder_quantization_config=quantization_config)
-    with library_errors(model_args.encoder_name_or_path, model_args.decoder_name_or_path, key="decoder_name_or_path",
-                        what="the pair", hint="the decoder must support cross-attention (BERT, RoBERTa, GPT-2 ...) "
-                                              "and both checkpoints need safetensors weights"):
-        model = EncoderDecoderModel.from_encoder_decoder_pretrained(
-            model_args.encoder_name_or_path, model_args.decoder_name_or_path, **kwargs)
+    model, missing = _load_pair(model_args, quantization_config)
     if decoder_tokenizer.pad_token is None:
         decoder_tokenizer.add_special_tokens({"pad_token": ADDED_PAD_TOKEN})
-        model.decoder.resize_token_embeddings(len(decoder_tokenizer))
+        add_token_rows(model.decoder, len(decoder_tokenizer))
         logger.info("the decoder tokenizer has no pad token: added %s and resized the decoder embeddings to %d",
                     ADDED_PAD_TOKEN, len(decoder_tokenizer))
     ids = special_token_ids(decoder_tokenizer)
     wire_special_tokens(model, ids)
     freeze_pooler(model)
+    model.random_weights = find_random_weights(model, missing)
     return PairTokenizer(encoder_tokenizer, decoder_tokenizer, ids["eos_token_id"]), model
+
+
+def _load_pair(model_args: Any, quantization_config: Any) -> tuple[Any, set[str]]:
+    """The pair, and the full names of the weights that no checkpoint held.
+
+    The halves are loaded here rather than by `from_encoder_decoder_pretrained`, which drops the
+    loaders' reports: what each checkpoint lacked (cross-attention, a missing LM head) is known
+    only from them. The configs are set as that method sets them.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM, EncoderDecoderModel
+
+    from .loading import library_errors, weights_loading
+
+    encoder_config, decoder_config = load_configs(model_args)
+    encoder_config.is_decoder, encoder_config.add_cross_attention = False, False
+    decoder_config.is_decoder, decoder_config.add_cross_attention = True, True
+    quantization = {"quantization_config": quantization_config} if quantization_config is not None else {}
+    halves, missing = {}, set()
+    with library_errors(model_args.encoder_name_or_path, model_args.decoder_name_or_path, key="decoder_name_or_path",
+                        what="the pair", hint="the decoder must support cross-attention (BERT, RoBERTa, GPT-2 ...) "
+                                              "and both checkpoints need safetensors weights"):
+        for part, loader, config in (("encoder", AutoModel, encoder_config),
+                                     ("decoder", AutoModelForCausalLM, decoder_config)):
+            name = getattr(model_args, f"{part}_name_or_path")
+            loading = weights_loading(name, model_args.allow_pickle, key=f"{part}_name_or_path")
+            halves[part], info = loader.from_pretrained(name, config=config, output_loading_info=True,
+                                                        **_hub_kwargs(model_args), **loading, **quantization)
+            missing.update(f"{part}.{key}" for key in info["missing_keys"])
+        model = EncoderDecoderModel(encoder=halves["encoder"], decoder=halves["decoder"])
+    # Weights of the pair itself (enc_to_dec_proj) come from no checkpoint.
+    missing.update(name for name, _ in model.named_parameters() if not name.startswith(("encoder.", "decoder.")))
+    return model, missing
+
+
+def add_token_rows(decoder: Any, size: int) -> None:
+    """Resize the decoder's embeddings; the new rows are the mean of the old ones, exactly.
+
+    transformers adds a little random noise to that mean: an adapter run, which does not save the
+    frozen embeddings, would then get other rows each time its base is rebuilt.
+    """
+    import torch
+
+    old = decoder.get_input_embeddings().weight.shape[0]
+    decoder.resize_token_embeddings(size)
+    layers = (decoder.get_input_embeddings(), decoder.get_output_embeddings())
+    with torch.no_grad():  # a tied LM head shares its weight with the embeddings: set once
+        for weight in {id(m.weight): m.weight for m in layers if m is not None}.values():
+            if weight.shape[0] == size:
+                weight[old:] = weight[:old].mean(dim=0)
+
+
+# Modules that start random (when the checkpoint lacks them) and feed nothing in a seq2seq pair, so they
+# are frozen rather than trained: a BERT/RoBERTa encoder's [CLS] pooler (freeze_pooler says why).
+UNUSED_MODULES = ("encoder.pooler",)
 
 
 def freeze_pooler(model: Any) -> None:
@@ -181,28 +223,69 @@ def wire_special_tokens(model: Any, ids: dict[str, int]) -> None:
         setattr(model.generation_config, key, value)
 
 
-def random_parts(model: Any) -> list[str]:
-    """Module name patterns that did not come from a checkpoint: the decoder's cross-attention and the projection.
+@dataclass(frozen=True)
+class RandomWeights:
+    """The weights of a pair that no checkpoint held, as the outermost modules that hold nothing else.
 
-    `from_encoder_decoder_pretrained` adds cross-attention to the decoder (`crossattention`,
-    GPT-2's `ln_cross_attn` too) and `enc_to_dec_proj` when the hidden sizes differ.
+    `modules`: full module names, every weight in them random (the decoder's cross-attention, the LM
+    head of a decoder checkpoint saved without one, `enc_to_dec_proj`); `unused`: those of them that
+    feed nothing (UNUSED_MODULES); `shared`: random weights that share a module with pretrained ones,
+    as (random weight, pretrained weight), which no module can carry alone (BERT's LM-head bias,
+    whose module holds the output weights tied to the word embeddings).
     """
-    import re
 
-    patterns = []
-    for name, _ in model.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf == "enc_to_dec_proj" or (name.startswith("decoder.") and "cross" in leaf):
-            pattern = re.sub(r"\.\d+\.", ".*.", name)
-            if pattern not in patterns:
-                patterns.append(pattern)
-    return patterns
+    modules: tuple[str, ...]
+    unused: tuple[str, ...]
+    shared: tuple[tuple[str, str], ...]
+
+    def trained(self) -> list[str]:
+        """Modules an adapter run trains fully and saves with the adapter (peft modules_to_save)."""
+        return [name for name in self.modules if name not in self.unused]
+
+    def patterns(self) -> list[str]:
+        """Every random module and weight, with layer numbers as `*`: for the log, metrics.json and the card."""
+        return layer_patterns([*self.modules, *(weight for weight, _ in self.shared)])
+
+
+def layer_patterns(names: list[str]) -> list[str]:
+    """Module names with layer numbers as `*`, each pattern once: `decoder.bert.encoder.layer.*.crossattention`."""
+    return list(dict.fromkeys(re.sub(r"\.\d+(?=\.|$)", ".*", name) for name in names))
+
+
+def find_random_weights(model: Any, missing: set[str]) -> RandomWeights:
+    """Group the weights the loaders reported missing into modules, tied names included."""
+    named = list(model.named_parameters(remove_duplicate=False))
+    random_ids = {id(p) for name, p in named if name in missing}
+    modules = dict(model.named_modules(remove_duplicate=False))
+    whole = {name for name, module in modules.items() if name and _all_random(module, random_ids)}
+    outermost = [name for name in modules if name in whole and name.rpartition(".")[0] not in whole]
+    shared, seen = [], set()
+    for name, parameter in named:  # every name of a tied weight: each use must be carried by a random module
+        if id(parameter) in random_ids and not _inside(name, outermost) and id(parameter) not in seen:
+            seen.add(id(parameter))
+            owner = name.rpartition(".")[0]
+            pretrained = next(f"{owner}.{n}" for n, p in modules[owner].named_parameters(remove_duplicate=False)
+                              if id(p) not in random_ids)
+            shared.append((name, pretrained))
+    unused = [name for name in outermost if _inside(name, UNUSED_MODULES)]
+    return RandomWeights(tuple(outermost), tuple(unused), tuple(shared))
+
+
+def _inside(name: str, modules: Any) -> bool:
+    return any(name == module or name.startswith(module + ".") for module in modules)
+
+
+def _all_random(module: Any, random_ids: set[int]) -> bool:
+    ids = [id(p) for _, p in module.named_parameters(remove_duplicate=False)]
+    return bool(ids) and all(i in random_ids for i in ids)
 
 
 def describe(model: Any, model_args: Any) -> dict[str, Any]:
     """Which parts of the pair are pretrained and which start random: for the log, metrics.json and the card."""
+    random = model.random_weights
     return {"encoder": model_args.encoder_name_or_path, "decoder": model_args.decoder_name_or_path,
-            "random_init": random_parts(model)}
+            "random_init": random.patterns(),
+            "unused": layer_patterns(list(random.unused))}
 
 
 def load_tokenizers(directory: str, key: str = "model") -> tuple[Any, Any]:

@@ -227,3 +227,15 @@ def test_compare_lora_script_reports_both_runs(tiny_models, tmp_path, capsys):
     assert (full[0], lora[0]) == ("full", "lora")
     trainable = {row[0]: int(row[2].replace(",", "")) for row in (full, lora)}
     assert full[4] == "100.00%" and 0 < trainable["lora"] < trainable["full"] / 2
+
+
+def test_a_pushed_ia3_run_keeps_ia3_in_its_refreshed_card(hub, tiny_models, quick_args):
+    from huggingface_hub import ModelCard
+
+    out = hf_encdec.train({**quick_args, "model_name_or_path": str(tiny_models["t5"]), "peft": "ia3",
+                           "max_steps": 2, "test_file": None}).output_dir
+    hf_encdec.push(out, "alice/tiny-ia3", token="hf_alice_write")
+    card = ModelCard.load("alice/tiny-ia3")
+    assert "alice/tiny-ia3" in card.text  # refreshed to name the repo, from run_config.yaml
+    assert "IA3 adapter" in card.text and "LORA" not in card.text
+    assert "ia3" in card.data.tags and "lora" not in card.data.tags

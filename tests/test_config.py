@@ -151,3 +151,65 @@ def test_unknown_language_code_is_a_config_error():
     with pytest.raises(ConfigError, match="xx_YY") as err:
         get_task("translation").configure_tokenizer(FakeMultilingualTokenizer(), config.data)
     assert "de_DE" in str(err.value)
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({"save_steps": 10}, {"save_strategy": "steps", "eval_strategy": "epoch"}),
+    ({"eval_steps": 50}, {"eval_strategy": "steps", "save_strategy": "epoch"}),
+    ({"save_steps": 10, "save_strategy": "no"}, {"save_strategy": "no"}),  # a strategy given is kept
+    ({"evaluation_strategy": "epoch", "eval_steps": 5}, {"eval_strategy": "epoch"}),
+    # Keeping the best checkpoint needs both on one schedule: one count sets both.
+    ({"eval_steps": 50, "early_stopping_patience": 2},
+     {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": 50, "save_steps": 50}),
+    ({"save_steps": 30, "eval_steps": 10, "load_best_model_at_end": True},
+     {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": 10, "save_steps": 30}),
+])
+def test_a_step_count_without_its_strategy_means_steps(given, expected):
+    training = RunConfig.from_dict({**BASE, **given}).training
+    assert {key: training[key] for key in expected} == expected
+
+
+def test_the_defaults_say_which_step_counts_switch_them(capsys):
+    from hf_encdec.cli import main
+
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "'epoch'; steps when save_steps is given" in out and "'epoch'; steps when eval_steps is given" in out
+
+
+@pytest.mark.parametrize("report_to", ["all", "none", ["none"], "tensorboard", ["tensorboard"], "kubeflow"])
+def test_installed_or_packageless_reporting_integrations_are_accepted(report_to):
+    assert RunConfig.from_dict({**BASE, "report_to": report_to}).training["report_to"] == report_to
+
+
+@pytest.mark.parametrize(("report_to", "fragment"), [
+    ("tensorbord", "did you mean 'tensorboard'"),
+    (["all", "tensorboard"], "stand alone"),
+])
+def test_unknown_reporting_integrations_are_refused(report_to, fragment):
+    with pytest.raises(ConfigError, match=fragment) as err:
+        RunConfig.from_dict({**BASE, "report_to": report_to})
+    assert err.value.key == "report_to"
+
+
+def test_a_reporting_integration_that_is_not_installed_names_the_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    hidden = {"tensorboard", "tensorboardX"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
+    with pytest.raises(ConfigError, match="reporting to tensorboard needs tensorboard or tensorboardX") as err:
+        RunConfig.from_dict({**BASE, "report_to": "tensorboard"})
+    assert err.value.key == "report_to" and 'pip install -e ".[tensorboard]"' in err.value.hint
+
+
+def test_save_steps_alone_saves_every_n_steps_through_the_cli(tiny_models, pair_files, tmp_path):
+    from hf_encdec.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--model_name_or_path", str(tiny_models["t5"]), "--train_file", str(pair_files["train"]),
+                 "--output_dir", str(out), "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no",
+                 "--per_device_train_batch_size", "16", "--max_source_length", "16", "--max_target_length", "16",
+                 "--disable_tqdm", "true", "--save_total_limit", "null"]) == 0
+    assert yaml.safe_load((out / "run_config.yaml").read_text())["save_strategy"] == "steps"
+    assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-2", "checkpoint-4"}

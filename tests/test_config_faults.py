@@ -208,6 +208,7 @@ CONFIG_MISTAKES = [  # (command line, the key the error names)
     (TRAIN + ["--preset", "mine", "--presets", '{"mine": {"repetition_penalty": "high"}}'], "repetition_penalty"),
     (TRAIN + ["--presets", '{"mine": {"num_beams": 2'], "presets"),
     (TRAIN + ["--task", "translaton"], "task"),
+    (TRAIN + ["--report_to", "tensorbord"], "report_to"),
     (TRAIN + ["--metrics", "bleu,rouge", "--load_best_model_at_end", "--metric_for_best_model", "chrf"],
      "metric_for_best_model"),
     (GENERATE + ["--num_beems", "3"], "num_beems"),
