@@ -3,6 +3,7 @@ vanilla transformers, and generating; and each family's decoder inputs built the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -117,10 +118,10 @@ def build_family(family: str, directory: Path) -> Path:
 @pytest.fixture(scope="module")
 def family_data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("family-data")
-    pairs = make_pairs(44, seed=3)
+    pairs = make_pairs(37, seed=3)
     return {"train": write_jsonl(root / "train.jsonl", pairs[:32]),
-            "validation": write_jsonl(root / "validation.jsonl", pairs[32:36]),
-            "test": write_jsonl(root / "test.jsonl", pairs[36:])}
+            "validation": write_jsonl(root / "validation.jsonl", pairs[32:34]),
+            "test": write_jsonl(root / "test.jsonl", pairs[34:])}
 
 
 def test_every_seq2seq_family_is_covered_or_excluded():
@@ -198,3 +199,56 @@ def test_default_lengths_are_fitted_to_the_model_positions(quick_args, tmp_path,
     assert main(["train", "--model_name_or_path", model_dir, *(f"--{k}={v}" for k, v in args.items()),
                  "--max_source_length", "1024"]) == 2
     assert "'max_source_length': 1024 is beyond the model's 64 positions" in capsys.readouterr().err
+
+
+def build_nllb(directory: Path) -> Path:
+    """An NLLB checkpoint as published (M2M100 weights, NllbTokenizer), tiny, with two language codes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    bpe.train_from_iterator([" ".join(WORDS)] * 2, trainers.BpeTrainer(
+        vocab_size=200, special_tokens=["<s>", "<pad>", "</s>", "<unk>"]))
+    trained = json.loads(bpe.to_str())["model"]
+    tokenizer = NllbTokenizerFast(vocab=trained["vocab"], merges=[tuple(m) for m in trained["merges"]],
+                                  extra_special_tokens=["eng_Latn", "deu_Latn"])
+    torch.manual_seed(0)
+    ids = {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, "decoder_start_token_id": 2}
+    model = M2M100ForConditionalGeneration(M2M100Config(vocab_size=len(tokenizer), **BART, **ids))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_nllb_translates_end_to_end(family_data, tmp_path):
+    """Fine-tuned with language codes, every saved preset starting with the target code, then generate (both
+    backends, alike) and evaluate."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "run"
+    assert main(["train", "--model_name_or_path", str(build_nllb(tmp_path / "nllb")), "--output_dir", str(out),
+                 "--task", "translation", "--source_lang", "eng_Latn", "--target_lang", "deu_Latn",
+                 "--source_column", "source", "--target_column", "target",
+                 *(f"--{key}_file={path}" for key, path in family_data.items()),
+                 "--max_steps", "2", "--per_device_train_batch_size", "8", "--eval_strategy", "no",
+                 "--save_strategy", "no", "--max_source_length", "16", "--max_target_length", "16",
+                 "--disable_tqdm", "true"]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.convert_ids_to_tokens(tokenizer("red cat")["input_ids"]) == ["eng_Latn", "▁red", "▁cat", "</s>"]
+    assert tokenizer.convert_ids_to_tokens(tokenizer(text_target="red")["input_ids"]) == ["deu_Latn", "▁red", "</s>"]
+    german = tokenizer.convert_tokens_to_ids("deu_Latn")
+    for preset in [out / "generation_config.json", *(out / "presets").glob("*.json")]:
+        assert json.loads(preset.read_text())["forced_bos_token_id"] == german, preset.name
+
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("red cat\nsun moon tree\n")
+    backends = ["transformers"] + (["ct2"] if importlib.util.find_spec("ctranslate2") else [])
+    outputs = {}
+    for backend in backends:
+        output = tmp_path / f"out-{backend}.jsonl"
+        assert main(["generate", "--model", str(out), "--input", str(inputs), "--output", str(output),
+                     "--preset", "greedy", "--backend", backend]) == 0
+        outputs[backend] = [json.loads(line)["prediction"] for line in output.read_text().splitlines()]
+    assert len(outputs["transformers"]) == 2 and all(o == outputs["transformers"] for o in outputs.values())
+    assert main(["evaluate", "--model", str(out), "--data", str(family_data["test"]), "--preset", "greedy"]) == 0
