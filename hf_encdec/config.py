@@ -107,6 +107,7 @@ class RunConfig:
     training: dict[str, Any]
     adapter: AdapterArguments = field(default_factory=AdapterArguments)
     batching: BatchingArguments = field(default_factory=BatchingArguments)
+    given: frozenset[str] = field(default=frozenset(), compare=False)  # the keys the user set (aliases resolved)
 
     @property
     def output_dir(self) -> Path:
@@ -143,6 +144,7 @@ class RunConfig:
                 training=training,
                 adapter=AdapterArguments(**grouped["adapter"]),
                 batching=BatchingArguments(**grouped["batching"]),
+                given=frozenset(ALIASES.get(key, key) for key in values),
             )
             # The cheap checks first, so that a typo is reported before transformers is even imported.
             problems = config.problems() or config.library_problems()

@@ -81,6 +81,11 @@ def _convert(loaded, target: Path, stamp: dict[str, Any]) -> None:
 
     from .modeling import zero_start_embedding
 
+    pad = loaded.tokenizer.pad_token_id
+    if loaded.model.config.model_type == "marian" and pad != loaded.model.get_input_embeddings().num_embeddings - 1:
+        raise ModelError(f"CTranslate2 cannot convert this Marian model: its converter drops the last id as <pad> (as "
+                         f"Opus-MT checkpoints have it), and this model's <pad> is id {pad}, not the last",
+                         key="backend", hint="use --backend transformers")
     if loaded.model.config.model_type == "marian" and not zero_start_embedding(loaded.model):
         raise ModelError("CTranslate2 cannot convert this Marian model exactly: it starts decoding from a zero "
                          "vector, and this model's decoder start (<pad>) embedding is not zero (it was trained)",
@@ -113,16 +118,36 @@ def translate_options(config) -> dict[str, Any]:
             raise ConfigError(f"CTranslate2 has no equivalent of {name}={getattr(config, name)!r}", key=name,
                               hint="unset it, or use --backend transformers")
     max_new = config.max_new_tokens or max(1, (config.max_length or 21) - 1)  # max_length counts the start token
+    if forced_end(config) is not None:
+        max_new -= 1  # the forced token takes the last place
     options = {"beam_size": config.num_beams or 1, "num_hypotheses": config.num_return_sequences or 1,
                "length_penalty": config.length_penalty if config.length_penalty is not None else 1.0,
                "no_repeat_ngram_size": config.no_repeat_ngram_size or 0,
                "repetition_penalty": config.repetition_penalty or 1.0, "max_decoding_length": max_new,
                "min_decoding_length": config.min_new_tokens or max(0, (config.min_length or 0) - 1),
-               "return_scores": (config.num_return_sequences or 1) > 1, "max_input_length": 0}
+               "return_scores": (config.num_return_sequences or 1) > 1, "max_input_length": 0,
+               "return_end_token": forced_end(config) is not None}  # a row without it reached the cap
     if config.do_sample:
         options.update(sampling_topk=config.top_k or 0, sampling_topp=config.top_p or 1.0,
                        sampling_temperature=config.temperature or 1.0)
     return options
+
+
+def forced_end(config) -> int | None:
+    """`forced_eos_token_id` (Marian and BART checkpoints set it), where CTranslate2 can match it: one token, under
+    greedy search or sampling. transformers puts it in place of the last token a row that reaches the length cap
+    may hold; Ct2Generator stops such a row one token earlier and appends it. Beam search scores a capped
+    hypothesis with that token (free, and counted by the length penalty), which CTranslate2 cannot: refused."""
+    forced = config.forced_eos_token_id
+    if forced is None:
+        return None
+    if isinstance(forced, list) or (config.num_beams or 1) > 1:
+        why = "under beam search" if not isinstance(forced, list) else "(a list)"
+        raise ConfigError(f"CTranslate2 has no equivalent of forced_eos_token_id={forced!r} {why}",
+                          key="forced_eos_token_id",
+                          hint="use --backend transformers, or pass --forced_eos_token_id null (CTranslate2 then "
+                               "keeps the last token of a row that reaches the length cap)")
+    return forced
 
 
 class Ct2Generator:
@@ -143,6 +168,7 @@ class Ct2Generator:
         self.truncated = 0
         self.oom_splits = 0
         self.prefix = self._token_list(generation_config.forced_bos_token_id)
+        self.forced_end = self._token_list(forced_end(generation_config))
         converted = converted_model(loaded)
         self.suppress = suppress_sequences(self.tokenizer, generation_config.suppress_tokens, converted)
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -175,8 +201,15 @@ class Ct2Generator:
         results = self.translator.translate_batch(tokens, **self.options, **batching, **extra)
         predictions = []
         for result in results:
+            hypotheses = [self._forced_ending(h) for h in result.hypotheses] if self.forced_end else result.hypotheses
             texts = [self.tokenizer.decode(self.tokenizer.convert_tokens_to_ids(h), skip_special_tokens=True).strip()
-                     for h in result.hypotheses]
+                     for h in hypotheses]
             scores = [round(s, 6) for s in result.scores] if self.nbest else None
-            predictions.append(Prediction(texts, scores, sum(len(h) for h in result.hypotheses)))
+            predictions.append(Prediction(texts, scores, sum(len(h) for h in hypotheses)))
         return predictions
+
+    def _forced_ending(self, hypothesis: list[str]) -> list[str]:
+        """A finished row without its end token (as without forced_eos_token_id); a capped one with the forced token."""
+        if hypothesis and hypothesis[-1] == self.tokenizer.eos_token:
+            return hypothesis[:-1]
+        return hypothesis + self.forced_end

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from collections.abc import Collection
 from typing import Any
 
 from .errors import ConfigError, ModelError, did_you_mean
@@ -269,18 +270,31 @@ def _set_generation_ids(model: Any, ids: dict[str, int]) -> None:
 POSITION_FIELDS = ("max_position_embeddings", "max_source_positions")
 
 
-def _positions(config: Any) -> int | None:
-    return next((value for value in (getattr(config, name, None) for name in POSITION_FIELDS)
+def _position_field(config: Any) -> tuple[int, str] | None:
+    """(the position limit, the config field that sets it), or None: relative positions, no limit."""
+    return next(((value, name) for name, value in ((name, getattr(config, name, None)) for name in POSITION_FIELDS)
                  if isinstance(value, int) and value > 0), None)
+
+
+def _positions(config: Any) -> int | None:
+    found = _position_field(config)
+    return found[0] if found else None
+
+
+def position_limit(model: Any) -> tuple[int, str] | None:
+    """(longest sequence the model's position embeddings allow, the field that says so), or None (no limit)."""
+    config = model.config
+    if config.model_type == "encoder-decoder":  # a warm-started pair: the shorter of its two halves
+        limits = [(found[0], f"{half}.{found[1]}") for half in ("encoder", "decoder")
+                  if (found := _position_field(getattr(config, half)))]
+        return min(limits, default=None)
+    return _position_field(config)
 
 
 def max_positions(model: Any) -> int | None:
     """Longest sequence the model's position embeddings allow (None: relative positions, no limit)."""
-    config = model.config
-    if config.model_type == "encoder-decoder":  # a warm-started pair: the shorter of its two halves
-        limits = [_positions(part) for part in (config.encoder, config.decoder)]
-        return min((limit for limit in limits if limit), default=None)
-    return _positions(config)
+    found = position_limit(model)
+    return found[0] if found else None
 
 
 def source_positions(model: Any) -> int | None:
@@ -297,6 +311,21 @@ def tokenizer_limit(tokenizer: Any) -> int | None:
     """The tokenizer's model_max_length when it names one (the length the model was pretrained on), else None."""
     limit = getattr(tokenizer, "model_max_length", None)
     return limit if isinstance(limit, int) and 0 < limit < UNLIMITED_LENGTH else None
+
+
+def fit_default_lengths(model: Any, data: Any, given: Collection[str]) -> None:
+    """A max_source_length / max_target_length left at its default (1024) that the model's position embeddings
+    cannot hold is lowered to their limit, with one line saying so. One the user set is left for check_lengths
+    to refuse: the user asked for that length."""
+    found = position_limit(model)
+    if found is None:
+        return
+    limit, field = found
+    for key in ("max_source_length", "max_target_length"):
+        value = getattr(data, key)
+        if key not in given and value > limit:
+            setattr(data, key, limit)
+            logger.info("%s %d -> %d: the model's position limit (%s)", key, value, limit, field)
 
 
 def check_lengths(model: Any, max_source_length: int, max_target_length: int, *, tokenizer: Any = None) -> None:

@@ -23,6 +23,7 @@ from .modeling import (
     check_lengths,
     check_precision,
     count_parameters,
+    fit_default_lengths,
     keep_start_embedding_zero,
     load_pretrained,
     model_type_of,
@@ -57,6 +58,7 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     splits = load_splits(config, task)
     tokenizer, model = build_model(config, task, splits["train"], quantization)
     generation_settings = task.configure_tokenizer(tokenizer, config.data)
+    fit_default_lengths(model, config.data, config.given)  # before run_config.yaml records the lengths
     check_lengths(model, config.data.max_source_length, config.data.max_target_length, tokenizer=tokenizer)
 
     start_output_dir(config)
@@ -293,6 +295,7 @@ def set_generation_defaults(model, config: RunConfig, target_lengths: dict[str, 
     generation = model.generation_config
     # max_length counts the decoder start token too.
     generation.max_length = config.training.get("generation_max_length") or max_target_tokens + 1
+    generation.max_new_tokens = None  # a checkpoint's own (SeamlessM4T's 256) would take precedence over max_length
     generation.num_beams = config.training.get("generation_num_beams") or 1
     for key, value in settings.items():
         setattr(generation, key, value)
@@ -370,8 +373,9 @@ def metric_names(config: RunConfig, task: TaskAdapter) -> list[str]:
 
 
 def build_trainer(config: RunConfig, task: TaskAdapter, model, tokenizer, splits):
-    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback
 
+    from .collator import Seq2SeqCollator, decoder_inputs_from_labels
     from .trainer import EncDecTrainer, token_level_loss
 
     overrides: dict[str, Any] = {}
@@ -381,8 +385,8 @@ def build_trainer(config: RunConfig, task: TaskAdapter, model, tokenizer, splits
         overrides = {"load_best_model_at_end": True,
                      "metric_for_best_model": config.training.get("metric_for_best_model") or task.best_metric}
     args = config.training_arguments(**overrides)
-    collator = DataCollatorForSeq2Seq(
-        tokenizer, model=model,
+    collator = Seq2SeqCollator(
+        tokenizer, decoder_inputs=decoder_inputs_from_labels(model),
         label_pad_token_id=-100 if config.data.ignore_pad_token_for_loss else tokenizer.pad_token_id,
         pad_to_multiple_of=8 if uses_gpu(config) else None,  # tensor-core friendly shapes
     )

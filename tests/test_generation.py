@@ -266,7 +266,9 @@ def test_ct2_backend_matches_transformers_and_caches_the_conversion(family, tiny
     assert (tmp_path / f"{family}.ct2" / "model.bin").is_file() and "converting" in caplog.text
     caplog.clear()
     with caplog.at_level("INFO", logger="hf_encdec"):
-        nbest = hf_encdec.generate(str(model), SOURCES[:3], "nbest", backend="ct2", max_new_tokens=6)
+        # BartConfig's forced_eos_token_id (2) cannot be matched under beam search: unset for CTranslate2.
+        nbest = hf_encdec.generate(str(model), SOURCES[:3], "nbest", backend="ct2", max_new_tokens=6,
+                                   forced_eos_token_id=None)
     assert "converting" not in caplog.text  # converted once, then reused
     assert [len(hypotheses) for hypotheses in nbest] == [5, 5, 5]
     scores = [score for _, score in nbest[0]]
@@ -365,3 +367,49 @@ def test_generate_help_does_not_import_torch():
     code = ("import sys; from hf_encdec.cli import main; main(['generate', '--help']); main(['evaluate', '--help']); "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=REPO)
+
+
+def test_ct2_backend_ends_capped_rows_as_forced_eos_token_id_does(tiny_models, tmp_path):
+    """Marian and BART checkpoints set forced_eos_token_id: transformers ends a row that reaches the length cap with
+    </s> in place of its last token. Greedy CTranslate2 stops one token earlier, so the rows are equal; beam search
+    (whose scores count that forced token) is refused by name."""
+    pytest.importorskip("ctranslate2")
+    from transformers import AutoModelForSeq2SeqLM, GenerationConfig
+
+    from hf_encdec.errors import ConfigError
+
+    model_dir = tmp_path / "bart"
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_models["bart"])
+    with torch.no_grad():  # </s> made unlikely, so that every row runs into the cap
+        model.final_logits_bias[0, model.config.eos_token_id] = -1.0
+    model.save_pretrained(model_dir)
+    shutil.copy(tiny_models["bart"] / "tokenizer.json", model_dir)
+    shutil.copy(tiny_models["bart"] / "tokenizer_config.json", model_dir)
+    generation = GenerationConfig.from_pretrained(model_dir)
+    generation.forced_eos_token_id = generation.eos_token_id
+    generation.save_pretrained(model_dir)
+    for max_new_tokens in (3, 6):
+        expected = hf_encdec.generate(str(model_dir), SOURCES, "greedy", max_new_tokens=max_new_tokens)
+        assert all(len(row.split()) == max_new_tokens - 1 for row in expected)  # capped: the last token is </s>
+        assert hf_encdec.generate(str(model_dir), SOURCES, "greedy", backend="ct2",
+                                  max_new_tokens=max_new_tokens) == expected
+    with pytest.raises(ConfigError, match="forced_eos_token_id=1 under beam search"):
+        hf_encdec.generate(str(model_dir), SOURCES, "beam", backend="ct2", max_new_tokens=4)
+
+
+def test_ct2_refuses_a_marian_whose_pad_is_not_the_last_id(tiny_models, tmp_path):
+    """CTranslate2's Marian converter drops the last id as <pad>; the tiny Marian's <pad> is id 0 (start embedding
+    zeroed, so only the vocabulary stands in the way): refused with the reason, not converted wrongly."""
+    pytest.importorskip("ctranslate2")
+    from transformers import AutoModelForSeq2SeqLM
+
+    from hf_encdec.errors import ModelError
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_models["marian"])
+    with torch.no_grad():
+        model.get_input_embeddings().weight[model.config.pad_token_id] = 0
+    model.save_pretrained(tmp_path / "marian")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_models["marian"] / name, tmp_path / "marian")
+    with pytest.raises(ModelError, match="drops the last id as <pad>.* <pad> is id 0, not the last"):
+        hf_encdec.generate(str(tmp_path / "marian"), SOURCES[:2], backend="ct2")
