@@ -130,9 +130,10 @@ def with_fields(name: str, base, fields: dict[str, Any], user_set: set[str], tru
     values = {k: v for k, v in (base.to_dict() if base is not None else {}).items()
               if not k.startswith("_") and k != "transformers_version"}
     values.update(fields)
-    for length, other in (("max_length", "max_new_tokens"), ("max_new_tokens", "max_length")):
-        if length in user_set and other not in user_set:
-            values[other] = None  # one length: with both set, generate() warns and takes max_new_tokens
+    if "max_length" in user_set and "max_new_tokens" not in user_set and values.get("max_length"):
+        # generate() fills an unset max_new_tokens from the model's generation_config.json, and max_new_tokens
+        # wins: the length asked for is given as one (max_length counts the decoder start token).
+        values["max_new_tokens"], values["max_length"] = max(1, values["max_length"] - 1), None
     try:
         config = GenerationConfig(**values)
     except ValueError as err:

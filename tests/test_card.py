@@ -160,3 +160,12 @@ def test_push_refreshes_the_card_with_the_repo_and_its_plots(hub, lora_run, monk
     linked = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert "plots/train_loss.png" in linked and all(path in files for path in linked)
     assert "### Evaluations during training" in ModelCard.load("alice/card-lora").text
+
+
+def test_a_max_length_given_at_generate_time_wins_over_the_saved_max_new_tokens(bart_run):
+    import hf_encdec
+
+    longest = [len(p.split()) for p in hf_encdec.generate(str(bart_run), ["red cat", "blue dog house"])]
+    assert max(longest) > 2  # the saved length lets the barely trained model ramble
+    short = hf_encdec.generate(str(bart_run), ["red cat", "blue dog house"], max_length=3)  # start token + 2
+    assert all(len(p.split()) <= 2 for p in short), short
