@@ -132,6 +132,11 @@ class RunArguments:
     license: str | None = field(
         default=None, metadata={"help": "License of the trained model, for the model card (e.g. apache-2.0, mit)."}
     )
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the base model to name in the model card and its metadata when "
+                  "model_name_or_path is a local folder"},
+    )
     preset: str | None = field(
         default=None,
         metadata={"help": "Decoding preset of the final evaluation, saved as generation_config.json "

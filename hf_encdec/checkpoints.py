@@ -82,8 +82,16 @@ def publish(staged: Path, run_dir: Path) -> Path:
     if final.exists():  # an unmarked leftover of a killed run (a complete one would have been resumed from)
         shutil.rmtree(final)
     os.replace(staged, final)
+    _remove_if_empty(staged.parent)  # a finished run keeps no empty staging folder; the next save makes it again
     _fsync(run_dir)
     return final
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # another checkpoint is being staged in it (or a killed run's leftover): kept
+        pass
 
 
 def rotate(run_dir: Path, save_total_limit: int | None, protected: list[str | None]) -> None:
@@ -240,7 +248,7 @@ def non_finite_loss(step: int, args, run_dir: Path):
 RESUME_FREE_KEYS = {"output_dir", "overwrite_output_dir", "resume", "resume_from_checkpoint", "disable_tqdm",
                     "num_sample_predictions", "logging_steps", "logging_dir", "report_to", "run_name",
                     "save_total_limit", "push_to_hub", "hub_model_id", "hub_private_repo", "hub_revision",
-                    "hub_strategy", "license", "dataloader_num_workers"}
+                    "hub_strategy", "license", "base_model", "dataloader_num_workers"}
 
 
 def choose_resume(config) -> str | None:

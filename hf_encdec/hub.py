@@ -29,7 +29,7 @@ logger = logging.getLogger("hf_encdec.hub")
 PUSHED_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", ADAPTER_CONFIG, "generation_config.json",
                 "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.model",
                 "*.spm", "chat_template.jinja", "run_config.yaml", "metrics.json", "README.md")
-PUSHED_FOLDERS = ("presets",)  # every named decoding preset
+PUSHED_FOLDERS = ("presets", "plots")  # every named decoding preset; the curves the card shows
 # Checkpoint files a resumed run needs, pushed for hub_strategy checkpoint / all_checkpoints.
 CHECKPOINT_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt", "trainer_state.json")
 
@@ -113,7 +113,7 @@ def upload_run(folder: Path, target: HubTarget, *, commit_message: str | None = 
 
     with tempfile.TemporaryDirectory(prefix="hf-encdec-merged-") as scratch:
         source = merge_adapter(folder, Path(scratch)) if merge_lora else folder
-        refresh_model_card(source, target.repo_id)
+        refresh_model_card(source, target.repo_id, run_folder=folder)
         api = HfApi(token=target.token)
         with hub_errors(f"pushing to {target.repo_id}"):
             _prepare_repo(api, target)

@@ -17,6 +17,7 @@ import logging
 import time
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import distributed
@@ -401,8 +402,35 @@ def evaluate_file(options: EvaluateOptions, overrides: dict[str, Any] | None = N
         predictions += [p.texts[0] for p in generator.run_window(sources, index // DEFAULT_WINDOW)]
     metrics = {**compute_metrics(names, predictions, split.targets), "rows": len(split), "dropped": split.dropped}
     if distributed.state().is_main_process:  # under a launcher every process scores the whole file
-        _save_evaluation(options, metrics, split, predictions)
+        record = {**metrics, **evaluation_context(options, loaded, config, overrides, names, split)}
+        _save_evaluation(options, record, split, predictions)
     return metrics
+
+
+def evaluation_context(options: EvaluateOptions, loaded: LoadedModel, config, overrides: dict[str, Any] | None,
+                       names: list[str], split) -> dict[str, Any]:
+    """What a score in evaluate --output depends on, next to it: signatures, decoding, model and data."""
+    from .metrics import metric_signatures
+    from .presets import decoding_fields
+
+    return {"signatures": metric_signatures(names),
+            "preset": {"name": options.preset or "default", "overrides": overrides or {}, **decoding_fields(config)},
+            "backend": options.backend,
+            "model": {"path": options.model, **describe_model(options.model, loaded)},
+            "data": {"path": options.data, "rows": len(split), "dropped": split.dropped}}
+
+
+def describe_model(ref: str, loaded: LoadedModel) -> dict[str, Any]:
+    """Where the model came from and what it is: a local folder or a Hub id; a full model, an adapter or a pair."""
+    folder = Path(ref)
+    adapter = folder / "adapter_config.json"
+    model_type = loaded.model.config.model_type
+    if adapter.is_file():
+        kind = f"{json.loads(adapter.read_text(encoding='utf-8')).get('peft_type', 'peft').lower()} adapter"
+    else:
+        kind = "warm-started pair" if model_type == "encoder-decoder" else "full model"
+    return {"source": "local folder" if folder.is_dir() else "Hub", "kind": kind, "model_type": model_type,
+            "hf_encdec_run": bool(loaded.run_config)}
 
 
 def read_references(options: EvaluateOptions, trained: dict[str, Any], task):

@@ -130,6 +130,10 @@ def with_fields(name: str, base, fields: dict[str, Any], user_set: set[str], tru
     values = {k: v for k, v in (base.to_dict() if base is not None else {}).items()
               if not k.startswith("_") and k != "transformers_version"}
     values.update(fields)
+    if "max_length" in user_set and "max_new_tokens" not in user_set and values.get("max_length"):
+        # generate() fills an unset max_new_tokens from the model's generation_config.json, and max_new_tokens
+        # wins: the length asked for is given as one (max_length counts the decoder start token).
+        values["max_new_tokens"], values["max_length"] = max(1, values["max_length"] - 1), None
     try:
         config = GenerationConfig(**values)
     except ValueError as err:
@@ -222,7 +226,32 @@ def save_presets(configs: dict[str, Any], output_dir: Path) -> None:
     """Write OUTPUT_DIR/presets/<name>.json for every preset (vanilla GenerationConfig files)."""
     (output_dir / PRESET_DIR).mkdir(parents=True, exist_ok=True)
     for name, config in configs.items():
-        config.save_pretrained(str(output_dir), config_file_name=f"{PRESET_DIR}/{name}.json")
+        save_generation_config(config, output_dir, f"{PRESET_DIR}/{name}.json")
+
+
+def save_generation_config(config, folder: Path, file_name: str = "generation_config.json") -> None:
+    """`config` saved with its length as max_new_tokens, so that vanilla generate(max_new_tokens=...) can override it.
+
+    In memory a preset keeps max_length: Seq2SeqTrainer stamps the library's max_length (20) on the model's
+    generation config after every evaluation batch, which next to a max_new_tokens would make generate()
+    warn on each later batch. Saved, a max_length makes generate(max_new_tokens=N) warn that both are set
+    (generation/utils.py _prepare_generated_length). The two are the same length for an encoder-decoder:
+    max_length counts the decoder's start token, its only prompt token.
+    """
+    import copy
+
+    saved = copy.deepcopy(config)
+    if saved.max_new_tokens is None and saved.max_length is not None:
+        saved.max_new_tokens = max(1, saved.max_length - 1)
+    saved.max_length = None
+    saved.save_pretrained(str(folder), config_file_name=file_name)
+
+
+def decoding_fields(config) -> dict[str, Any]:
+    """What a preset decides, for metrics.json, the model card and evaluate --output: its decoding fields and length."""
+    fields = {key: getattr(config, key) for key in DECODING_DEFAULTS}
+    fields["max_new_tokens"] = config.max_new_tokens or (max(1, config.max_length - 1) if config.max_length else None)
+    return fields
 
 
 def parse_value(field: str, value: Any) -> Any:

@@ -24,6 +24,7 @@ FINAL_STAGING_DIR = ".final-staging"
 FINISHED_MARKER = "metrics.json"  # written last: a folder without it holds no finished run
 RUN_CONFIG = "run_config.yaml"
 CARD = "README.md"
+PLOTS_DIR = "plots"  # loss, learning rate and metric curves (PNG), linked from the card
 CARD_TAG = "hf-encdec"  # in the front matter of every model card we write
 
 # Who wrote what in output_dir. The rule:
@@ -36,7 +37,7 @@ CARD_TAG = "hf-encdec"  # in the front matter of every model card we write
 FINAL_OUTPUTS = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
                  "adapter_config.json", "preprocessor_config.json", "processor_config.json", "tokenizer*",
                  "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.model", "*.spm",
-                 "chat_template.jinja", "training_args.bin", "decoder_tokenizer", "merged", "presets", "plots",
+                 "chat_template.jinja", "training_args.bin", "decoder_tokenizer", "merged", "presets", PLOTS_DIR,
                  CARD, FINISHED_MARKER, "predictions.jsonl", "trainer_state.json")
 RUN_STATE = (RUN_CONFIG, "checkpoint-*", STAGING_DIR, FINAL_STAGING_DIR)
 

@@ -293,7 +293,8 @@ def set_generation_defaults(model, config: RunConfig, target_lengths: dict[str, 
     # 20% head-room over the longest target seen, for unseen inputs; capped by the configured limit.
     max_target_tokens = min(config.data.max_target_length, int(longest * 1.2) + 1)
     generation = model.generation_config
-    # max_length counts the decoder start token too.
+    # max_length counts the decoder start token too. It is the length while training (Seq2SeqTrainer passes
+    # generation_max_length as max_length) and is saved as max_new_tokens (presets.save_generation_config).
     generation.max_length = config.training.get("generation_max_length") or max_target_tokens + 1
     generation.max_new_tokens = None  # a checkpoint's own (SeamlessM4T's 256) would take precedence over max_length
     generation.num_beams = config.training.get("generation_num_beams") or 1
@@ -437,14 +438,18 @@ def _write_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[
                    staging: Path, presets: dict[str, Any], test_predictions: list[dict[str, Any]] | None) -> None:
     from transformers.trainer import TRAINER_STATE_NAME
 
-    from .card import write_model_card
+    from .card import run_environment, write_model_card
     from .metrics import metric_signatures
+    from .plots import write_plots
+    from .presets import decoding_fields, save_generation_config
 
+    final = config.run.preset or task.default_preset  # as resolve_presets chose it
     trainer.state.save_to_json(str(staging / TRAINER_STATE_NAME))  # the loss curve and evaluation history
-    if config.adapter.peft:  # PeftModel.save_pretrained writes the adapter only
-        trainer.model.generation_config.save_pretrained(staging)
-        if config.adapter.merge_lora:
-            save_merged(trainer.model, trainer.processing_class, staging / "merged")
+    # In place of the one save_model wrote (none for an adapter): the final preset, its length as max_new_tokens.
+    save_generation_config(presets[final], staging)
+    if config.adapter.merge_lora:
+        save_merged(trainer.model, trainer.processing_class, staging / "merged")
+        save_generation_config(presets[final], staging / "merged")
     save_presets(presets, staging)
     if test_predictions is not None:
         (staging / "predictions.jsonl").write_text(
@@ -453,6 +458,10 @@ def _write_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[
                          "source_tokens": data_lib.length_stats(lengths["source"][name], config.data.max_source_length),
                          "target_tokens": data_lib.length_stats(lengths["target"][name], config.data.max_target_length)}
                   for name, split in splits.items()}
-    metrics = {**metrics, "signatures": metric_signatures(metric_names(config, task)), "data": data_stats}
+    write_plots(trainer.state.log_history, staging)  # before the card, which links them
+    metrics = {**metrics, "signatures": metric_signatures(metric_names(config, task)), "data": data_stats,
+               "preset": {"name": final, **decoding_fields(presets[final])},
+               "eval_preset": {"name": config.run.eval_preset, **decoding_fields(presets[config.run.eval_preset])},
+               "environment": run_environment(uses_gpu(config), distributed.state().num_processes)}
     write_model_card(config.output_dir, config, task, metrics, folder=staging)
     (staging / rundir.FINISHED_MARKER).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")

@@ -75,7 +75,8 @@ def test_lora_saves_an_adapter_that_vanilla_peft_reloads(family, tiny_models, qu
         expected = adapted(**batch, decoder_input_ids=decoder_input_ids).logits
         assert torch.allclose(merged(**batch, decoder_input_ids=decoder_input_ids).logits, expected, atol=1e-4)
     card = (out / "README.md").read_text()
-    assert "PeftModel.from_pretrained" in card and base in card
+    assert "PeftModel.from_pretrained" in card and base not in card  # a local base by its folder name only
+    assert f'from_pretrained("{Path(base).name}")' in card
 
 
 def test_lora_on_a_warm_started_pair_trains_the_cross_attention_fully(tiny_pair_models, quick_args, tmp_path):

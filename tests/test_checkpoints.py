@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 import hf_encdec
 from hf_encdec.checkpoints import COMPLETE_MARKER, STAGING_DIR
+from hf_encdec.rundir import FINAL_STAGING_DIR
 from hf_encdec.cli import main
 from hf_encdec.errors import ConfigError
 
@@ -91,6 +92,9 @@ def test_killed_run_resumes_to_bitwise_equal_weights(resumable_args, tmp_path, b
 
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 20
+    for finished in (reference.output_dir, out):  # every checkpoint published: no staging folder is left
+        assert [p.name for p in finished.glob("checkpoint-*")] and not (finished / STAGING_DIR).exists()
+        assert not (finished / FINAL_STAGING_DIR).exists()
     expected, resumed = _weights(reference.output_dir), _weights(out)
     assert expected.keys() == resumed.keys()
     unequal = [name for name in expected if not torch.equal(expected[name], resumed[name])]

@@ -51,8 +51,8 @@ def test_warm_start_trains_and_generates_after_a_vanilla_reload(pair, tiny_pair_
     assert any("crossattention" in part for part in report["random_init"])
     card = (out / "README.md").read_text()
     # The card names local checkpoints by folder name only: no local paths go to the Hub.
-    assert "crossattention" in card and "`bert, a local checkpoint`" in card
-    assert str(tiny_pair_models["bert"]) not in card.split("## Usage")[0]
+    assert "crossattention" in card and "a local model: `bert`" in card
+    assert str(tiny_pair_models["bert"]) not in card
 
 
 def test_a_pad_token_is_added_to_a_decoder_tokenizer_without_one(tiny_pair_models, quick_args):
