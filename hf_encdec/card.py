@@ -201,7 +201,8 @@ def _model_section(model: dict[str, Any]) -> str:
         w = model["warm_start"]
         lines.append(f"Pretrained: the encoder ({_shown(w['encoder'])}) and the decoder's self-attention and "
                      f"feed-forward layers ({_shown(w['decoder'])}). Started random: "
-                     + ", ".join(f"`{part}`" for part in w["random_init"]) + ".")
+                     + ", ".join(f"`{part}`" + (" (unused, frozen)" if part in w.get("unused", []) else "")
+                                 for part in w["random_init"]) + ".")
     if "peft" in model:
         p = model["peft"]
         leaves = sorted({name.rsplit(".", 1)[-1] for name in p["target_modules"]})

@@ -153,6 +153,7 @@ def test_every_weight_that_starts_random_is_listed(encoder, decoder, random, hea
     assert all(part in line for part in random)
     card = (result.output_dir / "README.md").read_text()
     assert all(f"`{part}`" in card for part in random)
+    assert all(f"`{part}` (unused, frozen)" in card for part in report["unused"])
 
 
 def test_lora_trains_and_saves_a_random_lm_head_and_reloads_the_same(headless_checkpoints, tiny_pair_models,
