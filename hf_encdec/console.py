@@ -9,7 +9,8 @@ The story of a run goes to stderr through the `hf_encdec` logger; its result (`m
 DIR`) goes to the `hf_encdec.result` logger, which the command line prints on stdout even with
 --quiet. A Python caller silences both with `logging.getLogger("hf_encdec").setLevel(logging.WARNING)`.
 
-Only the standard library is imported here: the command line sets this up before any command runs.
+Importing this module loads the standard library only (the command line sets it up before any
+command runs); tqdm and the libraries it quietens are imported when used.
 """
 
 from __future__ import annotations
@@ -36,37 +37,6 @@ TERMINAL_ENV = "HF_ENCDEC_TERMINAL"
 
 logger = logging.getLogger(LOGGER)
 result_logger = logging.getLogger(RESULT_LOGGER)
-
-# Warnings the libraries raise about things we already do right: hidden unless --verbose.
-# (category, start of the message, why it is harmless)
-HARMLESS_WARNINGS = [
-    (FutureWarning, r"`is_gradient_checkpointing` is deprecated",
-     "peft reads the old property name on transformers' model; nothing a user can change, and it still works"),
-    (FutureWarning, r"Version v4\.12\.0 introduces a better way to train encoder-decoder models",
-     "EncoderDecoderModel warns whenever labels are passed; warm-started pairs are built by this version, so "
-     "there is no older training to be inconsistent with"),
-]
-
-# Log records from transformers about models we build ourselves: hidden unless --verbose.
-# logger -> [(start of the message, why it is harmless)]
-HARMLESS_LOGS = {
-    "transformers.modeling_utils": [
-        (r"The new embeddings will be initialized from a multivariate normal distribution",
-         "a warm start adds <pad> to a GPT-2 decoder tokenizer and says so itself (warm_start.load_warm_start)"),
-    ],
-}
-
-# Rows of a transformers LOAD REPORT that a warm start expects: a report made only of these rows is hidden.
-# (status, key pattern, why)
-EXPECTED_LOAD_ROWS = [
-    ("UNEXPECTED", r"cls\.", "BERT's pretraining heads (MLM, next sentence): an encoder has no use for them"),
-    ("UNEXPECTED", r"lm_head\.", "RoBERTa's MLM head, left out when the checkpoint becomes an encoder"),
-    ("MISSING", r"(bert\.|roberta\.)?pooler\.", "the [CLS] pooler feeds nothing in a pair and is frozen "
-                                                  "(warm_start.freeze_pooler)"),
-    ("MISSING", r".*(crossattention|ln_cross_attn)", "the decoder's new cross-attention: random by design, and "
-                                                      "listed by the warm-start line as starting random"),
-]
-
 
 # ----------------------------------------------------------------------------- setup
 
@@ -135,7 +105,7 @@ class ConsoleHandler(logging.StreamHandler):
             from tqdm.auto import tqdm
 
             tqdm.write(self.format(record), file=self.stream)
-        except Exception:  # noqa: BLE001 - logging's own contract: a failing handler reports, never raises
+        except Exception:  # logging's contract: a failing handler reports, never raises
             self.handleError(record)
 
 
@@ -164,53 +134,6 @@ def _our_loggers(verbosity: str | None, command_line: bool) -> Iterator[None]:
 
 
 @contextmanager
-def _harmless_warnings_hidden() -> Iterator[None]:
-    filters = [_MessageFilter(name, [pattern for pattern, _ in rows]) for name, rows in HARMLESS_LOGS.items()]
-    filters.append(_MessageFilter("transformers.modeling_utils", [], keep=_unexpected_load_report))
-    with warnings.catch_warnings():
-        for category, message, _why in HARMLESS_WARNINGS:
-            warnings.filterwarnings("ignore", message=message, category=category)
-        for log_filter in filters:
-            logging.getLogger(log_filter.logger_name).addFilter(log_filter)
-        try:
-            yield
-        finally:
-            for log_filter in filters:
-                logging.getLogger(log_filter.logger_name).removeFilter(log_filter)
-
-
-class _MessageFilter(logging.Filter):
-    """Drops records of one logger whose message starts with a known pattern, or that `keep` refuses."""
-
-    def __init__(self, logger_name: str, patterns: list[str], keep=None):
-        super().__init__()
-        self.logger_name = logger_name
-        self.pattern = re.compile("|".join(patterns)) if patterns else None
-        self.keep = keep
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if self.pattern is not None and self.pattern.match(message):
-            return False
-        return self.keep is None or self.keep(message)
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_REPORT_ROW = re.compile(r"^(?P<key>\S.*?)\s+\|\s+(?P<status>[A-Z]+)\s+\|")
-
-
-def _unexpected_load_report(message: str) -> bool:
-    """False for a LOAD REPORT made only of rows a warm start expects; True for any other message."""
-    text = _ANSI.sub("", message)
-    if "LOAD REPORT" not in text.partition("\n")[0]:
-        return True
-    rows = [m for m in map(_REPORT_ROW.match, text.splitlines()) if m and m["status"] != "Status"]
-    expected = [(status, re.compile(pattern)) for status, pattern, _ in EXPECTED_LOAD_ROWS]
-    return not rows or not all(any(m["status"] == status and pattern.match(m["key"]) for status, pattern in expected)
-                               for m in rows)
-
-
-@contextmanager
 def _transformers_output(verbosity: str) -> Iterator[None]:
     """transformers' INFO logs under --verbose; its own bars (loading weights, writing shards) as ours."""
     from huggingface_hub import utils as hub_utils
@@ -220,7 +143,7 @@ def _transformers_output(verbosity: str) -> Iterator[None]:
     hub_bars_off = hub_utils.are_progress_bars_disabled()
     if verbosity == "verbose":
         hf_logging.set_verbosity_info()
-    bars = verbosity != "quiet" and interactive()
+    bars = shows_progress() and interactive()
     if not bars:
         hub_utils.disable_progress_bars()  # downloads: \r bars in a log file
     # A bar that vanishes when done: loading or saving a model needs no line of its own once over.
@@ -238,24 +161,111 @@ def _transformers_output(verbosity: str) -> Iterator[None]:
 @contextmanager
 def _datasets_output(verbosity: str) -> Iterator[None]:
     """datasets' INFO logs under --verbose; its bars (tokenizing) only on a terminal."""
-    import datasets
+    from datasets import utils as ds_utils
     from datasets.utils import logging as ds_logging
 
     level = ds_logging.get_verbosity()
-    bars_off = datasets.is_progress_bar_enabled() is False
+    bars_off = ds_utils.are_progress_bars_disabled()
     if verbosity == "verbose":
         ds_logging.set_verbosity_info()
-    if verbosity == "quiet" or not interactive():
-        datasets.disable_progress_bars()
+    if not (shows_progress() and interactive()):
+        ds_utils.disable_progress_bars()
     try:
         yield
     finally:
         ds_logging.set_verbosity(level)
         if not bars_off:
-            datasets.enable_progress_bars()
+            ds_utils.enable_progress_bars()
 
 
 LIBRARY_SETUP = {"transformers": _transformers_output, "datasets": _datasets_output}
+
+
+# ----------------------------------------------------------------------------- library noise we hide
+# Each entry was seen in a real run and is harmless for a reason given beside it; --verbose shows them all.
+
+# Warnings about things we already do right: (category, start of the message, why it is harmless).
+HARMLESS_WARNINGS = [
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated",
+     "peft reads the old property name on transformers' models; nothing a user can change, and it still works"),
+    (FutureWarning, r"Version v4\.12\.0 introduces a better way to train encoder-decoder models",
+     "EncoderDecoderModel warns whenever labels are passed; warm-started pairs are built by this version, so "
+     "no older training can be inconsistent with it"),
+]
+
+# Rows of a transformers LOAD REPORT that a warm start expects: (status, key pattern, why).
+EXPECTED_LOAD_ROWS = [
+    ("UNEXPECTED", r"cls\.", "BERT's pretraining heads (MLM, next sentence): an encoder has no use for them"),
+    ("UNEXPECTED", r"lm_head\.", "RoBERTa's MLM head, left out when the checkpoint becomes an encoder"),
+    ("MISSING", r"(bert\.|roberta\.)?pooler\.", "the [CLS] pooler feeds nothing in a pair and is frozen "
+                                                   "(warm_start.freeze_pooler)"),
+    ("MISSING", r".*(crossattention|ln_cross_attn)", "the decoder's new cross-attention: random by design, and "
+                                                      "listed by the warm-start line as starting random"),
+]
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_REPORT_ROW = re.compile(r"^(?P<key>\S.*?)\s+\|\s+(?P<status>[A-Z]+)\s+\|")
+# What a checkpoint leaves out because it is the shared embedding under another name (T5, BART, Marian).
+_TIED_KEY = re.compile(r"'(model\.)?((en|de)coder\.embed_tokens|lm_head)\.weight'")
+
+
+def _expected_load_report(message: str) -> bool:
+    """A LOAD REPORT whose every row is one a warm start expects (EXPECTED_LOAD_ROWS)."""
+    text = _ANSI.sub("", message)
+    if "LOAD REPORT" not in text.partition("\n")[0]:
+        return False
+    rows = [m for m in map(_REPORT_ROW.match, text.splitlines()) if m]
+    expected = [(status, re.compile(pattern)) for status, pattern, _ in EXPECTED_LOAD_ROWS]
+    return bool(rows) and all(any(m["status"] == status and pattern.match(m["key"]) for status, pattern in expected)
+                              for m in rows)
+
+
+def _only_tied_weights_missing(message: str) -> bool:
+    """The Trainer's "missing keys" on resume, when every key is a weight tied to the shared embedding."""
+    head, _, keys = message.partition("There were missing keys in the checkpoint model loaded: [")
+    listed = keys.rstrip("].").split(", ")
+    return not head and bool(keys) and all(_TIED_KEY.fullmatch(key) for key in listed)
+
+
+def _starts_with(pattern: str):
+    return re.compile(pattern).match
+
+
+# Log records about models we build ourselves: (logger, which messages, why they are harmless).
+HARMLESS_LOGS = [
+    ("transformers.modeling_utils", _starts_with("The new embeddings will be initialized from a multivariate normal"),
+     "a warm start adds <pad> to a GPT-2 decoder tokenizer and says so itself (warm_start.load_warm_start)"),
+    ("transformers.modeling_utils", _expected_load_report,
+     "a warm start's encoder and decoder reports, made only of rows EXPECTED_LOAD_ROWS explains"),
+    ("transformers.trainer", _only_tied_weights_missing,
+     "resuming: the checkpoint leaves out the tied copies of the shared embedding; loading it fills them all"),
+]
+
+
+@contextmanager
+def _harmless_warnings_hidden() -> Iterator[None]:
+    filters: dict[str, _HarmlessFilter] = {}
+    for name, harmless, _why in HARMLESS_LOGS:
+        filters.setdefault(name, _HarmlessFilter()).tests.append(harmless)
+    with warnings.catch_warnings():
+        for category, message, _why in HARMLESS_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        for name, log_filter in filters.items():
+            logging.getLogger(name).addFilter(log_filter)
+        try:
+            yield
+        finally:
+            for name, log_filter in filters.items():
+                logging.getLogger(name).removeFilter(log_filter)
+
+
+class _HarmlessFilter(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.tests = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(harmless(message) for harmless in self.tests)
 
 
 # ----------------------------------------------------------------------------- progress

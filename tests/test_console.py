@@ -227,3 +227,18 @@ def test_numbers_are_rounded_for_reading():
     assert console.number(0.00198, "learning_rate") == "1.98e-03" and console.number(0.2128, "epoch") == "0.21"
     assert console.table({"validation": {"loss": 1.6, "chrf": 21.8}, "test": {"loss": 1.64}}) == [
         "             loss   chrf", "validation  1.600  21.80", "test        1.640      -"]
+
+
+def test_the_missing_tied_weights_of_a_resumed_checkpoint_are_hidden_and_other_missing_keys_shown():
+    reports = _Records()
+    trainer_logger = logging.getLogger("transformers.trainer")
+    trainer_logger.addHandler(reports)
+    try:
+        with console.reporting("normal"):
+            for keys in (["encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"],
+                         ["model.decoder.embed_tokens.weight", "lm_head.weight"],
+                         ["lm_head.weight", "decoder.block.0.layer.0.SelfAttention.q.weight"]):
+                trainer_logger.warning(f"There were missing keys in the checkpoint model loaded: {keys}.")
+    finally:
+        trainer_logger.removeHandler(reports)
+    assert len(reports.messages) == 1 and "SelfAttention" in reports.messages[0]
