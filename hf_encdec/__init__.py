@@ -31,10 +31,10 @@ def train(config: RunConfig | dict[str, Any] | str, *, verbosity: str | None = N
     silenced with `logging.getLogger("hf_encdec").setLevel(logging.WARNING)`; `verbosity` "quiet",
     "normal" or "verbose" sets it as the command line's --quiet / --verbose do.
     """
-    from .console import reporting
+    from .console import library_output, reporting
     from .training import train as _train
 
-    with reporting(verbosity, libraries=("transformers", "datasets")):
+    with reporting(verbosity), library_output("transformers", "datasets"):
         return _train(config)
 
 
@@ -42,10 +42,10 @@ def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None, re
          commit_message: str | None = None, merge_lora: bool = False, token: str | None = None,
          verbosity: str | None = None) -> str:
     """Upload a finished run to the Hub (see `hf-encdec push`); returns the commit URL."""
-    from .console import reporting
+    from .console import library_output, reporting
     from .hub import push as _push
 
-    with reporting(verbosity, libraries=("transformers",)):
+    with reporting(verbosity), library_output("transformers"):
         return _push(model_dir, repo_id, private=private, revision=revision, commit_message=commit_message,
                      merge_lora=merge_lora, token=token)
 
@@ -60,9 +60,9 @@ def generate(model: Any, inputs: Any, preset: str | None = None, **options: Any)
 def evaluate(model: str, data: str, preset: str | None = None, *, verbosity: str | None = None,
              **options: Any) -> dict[str, Any]:
     """Generate for a file with references and return the task's metrics."""
-    from .console import reporting
+    from .console import library_output, reporting
     from .jobs import EvaluateOptions, evaluate_file, split_options
 
     known, overrides = split_options(EvaluateOptions, {"model": model, "data": data, "preset": preset, **options})
-    with reporting(verbosity, libraries=("transformers",)):
+    with reporting(verbosity), library_output("transformers"):
         return evaluate_file(EvaluateOptions(**known), overrides)

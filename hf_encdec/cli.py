@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from .console import reporting
 
     # main() may run in-process (tests, notebooks): reporting() leaves the caller's logging as it was.
-    wants_help = "-h" in args or "--help" in args
-    with reporting(verbosity, command_line=True, libraries=() if wants_help else COMMAND_LIBRARIES[command]):
+    with reporting(verbosity, command_line=True):
         try:
             return COMMANDS[command](args)
         except UserError as err:
@@ -137,9 +136,11 @@ def train_command(args: list[str]) -> int:
     if wants_launch(launch_options):
         return launch(launch_options, without_launch_options(args))
 
+    from .console import library_output
     from .training import train
 
-    train(config)  # it ends with the summary, and `model saved to DIR` on stdout
+    with library_output("transformers", "datasets"):
+        train(config)  # it ends with the summary, and `model saved to DIR` on stdout
     return 0
 
 
@@ -156,10 +157,12 @@ def push_command(args: list[str]) -> int:
                         "model instead of the adapter")
     options = parser.parse_args(args)
 
+    from .console import library_output
     from .hub import push
 
-    url = push(options.model, options.repo_id, private=True if options.private else None, revision=options.revision,
-               commit_message=options.commit_message, merge_lora=options.merge_lora)
+    with library_output("transformers"):
+        url = push(options.model, options.repo_id, private=True if options.private else None,
+                   revision=options.revision, commit_message=options.commit_message, merge_lora=options.merge_lora)
     print(f"pushed {options.model} to {url}")
     return 0
 
@@ -207,26 +210,34 @@ def merge_command(args: list[str]) -> int:
         raise ConfigError("which run to merge?", key="model", hint="pass --model with the run's output_dir")
 
     from .adapters import merge_saved
+    from .console import library_output
 
-    print(f"merged model saved to {merge_saved(options['model'], options.get('output'), options.get('base'))}")
+    with library_output("transformers"):
+        merged = merge_saved(options["model"], options.get("output"), options.get("base"))
+    print(f"merged model saved to {merged}")
     return 0
 
 
 def generate_command(args: list[str]) -> int:
     parsed = _parse_job(args, "generate", "GenerateOptions")
     if parsed:
+        from .console import library_output
         from .jobs import generate_file
 
-        generate_file(*parsed)
+        with library_output("transformers"):
+            generate_file(*parsed)
     return 0
 
 
 def evaluate_command(args: list[str]) -> int:
     parsed = _parse_job(args, "evaluate", "EvaluateOptions")
     if parsed:
+        from .console import library_output
         from .jobs import evaluate_file
 
-        print(json.dumps(evaluate_file(*parsed), indent=2))
+        with library_output("transformers"):
+            scores = evaluate_file(*parsed)
+        print(json.dumps(scores, indent=2))
     return 0
 
 
@@ -270,6 +281,3 @@ class _ArgumentParser(argparse.ArgumentParser):
 COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_command, "generate": generate_command,
                                                    "evaluate": evaluate_command, "merge": merge_command,
                                                    "push": push_command}
-# The libraries whose logs and bars a command quietens (console.reporting): the ones it loads anyway.
-COMMAND_LIBRARIES = {"train": ("transformers", "datasets"), "generate": ("transformers",),
-                     "evaluate": ("transformers",), "merge": ("transformers",), "push": ("transformers",)}

@@ -56,15 +56,13 @@ def shows_progress() -> bool:
 
 
 @contextmanager
-def reporting(verbosity: str | None = None, *, command_line: bool = False,
-              libraries: tuple[str, ...] = ()) -> Iterator[None]:
-    """Our logger, the warning filters and the libraries' logs and bars, for one command or API call.
+def reporting(verbosity: str | None = None, *, command_line: bool = False) -> Iterator[None]:
+    """Our logger and the warning filters, for one command or API call (standard library only).
 
     `verbosity` None is the library default: a handler on the `hf_encdec` logger only when neither it
     nor the root logger has one (the caller's logging configuration wins), INFO messages shown.
     `command_line` gives our logger its own stderr handler and the result logger a stdout one.
-    `libraries` ("transformers", "datasets") are imported to quieten their logs and bars: only for
-    commands that load them anyway. Everything is restored on exit: the caller may be a notebook.
+    Everything is restored on exit: the caller may be a notebook or a test.
     """
     if verbosity is not None and verbosity not in VERBOSITIES:
         from .errors import ConfigError
@@ -76,8 +74,20 @@ def reporting(verbosity: str | None = None, *, command_line: bool = False,
         stack.enter_context(_our_loggers(verbosity, command_line))
         if verbosity != "verbose":
             stack.enter_context(_harmless_warnings_hidden())
+        yield
+
+
+@contextmanager
+def library_output(*libraries: str) -> Iterator[None]:
+    """The logs and bars of `libraries` ("transformers", "datasets") as the current verbosity wants.
+
+    Importing them takes a second or more, so a command enters this once its arguments are checked,
+    just before the work that loads them anyway. Restored on exit.
+    """
+    verbosity = _active[-1] if _active else "normal"
+    with ExitStack() as stack:
         for library in libraries:
-            stack.enter_context(LIBRARY_SETUP[library](verbosity or "normal"))
+            stack.enter_context(LIBRARY_SETUP[library](verbosity))
         yield
 
 

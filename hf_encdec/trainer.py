@@ -83,9 +83,10 @@ class ConsoleCallback(TrainerCallback):
     """What a run shows while it trains, in place of the library's ProgressCallback / PrinterCallback.
 
     A live bar on a terminal (steps, epoch, loss, learning rate, tokens/s, ETA) and one for each
-    evaluation; one line per logging step and one aligned line per evaluation, through the
-    `hf_encdec` logger (so --quiet, the main-process rule and a caller's logging apply); and once,
-    after the first steps of a long run, its estimated duration.
+    evaluation (elsewhere, a line now and then while a long evaluation runs); one line per logging
+    step and one aligned line per evaluation, through the `hf_encdec` logger (so --quiet, the
+    main-process rule and a caller's logging apply); and once, after the first steps of a long run,
+    its estimated duration.
     """
 
     ESTIMATE_AFTER_STEPS, ESTIMATE_AFTER_SECONDS, LONG_RUN_SECONDS = 10, 30.0, 120.0
@@ -145,7 +146,7 @@ class ConsoleCallback(TrainerCallback):
             self.training_bar.set_postfix_str(console.bar_postfix(logs, tokens_per_second))
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
-        if not state.is_world_process_zero or args.disable_tqdm or not console.interactive():
+        if not state.is_world_process_zero or args.disable_tqdm:
             return
         if self.prediction_bar is None:
             total = len(eval_dataloader) if eval_dataloader is not None and hasattr(eval_dataloader, "__len__") \

@@ -79,7 +79,7 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
                "model": describe_model(model, config)}
     predictions: dict[str, list[dict[str, str]]] = {}
     scored = [name for name in ("validation", "test") if name in splits]
-    logger.info("final scores: %s with preset %s", " and ".join(scored), final_preset)
+    logger.info("scoring the final model on %s (preset %s)", " and ".join(scored), final_preset)
     for name in scored:
         metrics[name], predictions[name] = predict_split(trainer, config, task, splits[name])
     save_outputs(trainer, config, task, metrics, splits, lengths, presets=presets,
