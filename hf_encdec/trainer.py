@@ -89,7 +89,7 @@ class ConsoleCallback(TrainerCallback):
     its estimated duration.
     """
 
-    ESTIMATE_AFTER_STEPS, ESTIMATE_AFTER_SECONDS, LONG_RUN_SECONDS = 10, 30.0, 120.0
+    ESTIMATE_AFTER_STEPS, ESTIMATE_AFTER_SECONDS, LONG_RUN_SECONDS = 30, 30.0, 120.0
 
     def __init__(self, tokens: TokenCount):
         self.tokens = tokens
