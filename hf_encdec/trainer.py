@@ -183,8 +183,8 @@ class EncDecTrainer(Seq2SeqTrainer):
         # The library prints each log as a dict of strings and nests tqdm bars that leave escapes in log files.
         self.remove_callback(DEFAULT_PROGRESS_CALLBACK)
         self.remove_callback(PrinterCallback)
-        self.tokens = TokenCount()
-        self.add_callback(ConsoleCallback(self.tokens))
+        self.token_count = TokenCount()
+        self.add_callback(ConsoleCallback(self.token_count))
         # The seq2seq models take **kwargs, so Trainer assumes their loss is divided by
         # `num_items_in_batch` and skips its own scaling; but they return a per-batch mean
         # (transformers #37766). build_trainer passes `token_level_loss` as compute_loss_func, which
@@ -250,7 +250,7 @@ class EncDecTrainer(Seq2SeqTrainer):
         """Stop at the first non-finite loss, before the optimizer step spreads it into the weights."""
         import torch
 
-        self.tokens.add(inputs)
+        self.token_count.add(inputs)
         loss = super().training_step(model, inputs, num_items_in_batch)
         # The library already syncs on this value every step (logging_nan_inf_filter): no extra stall.
         if not torch.isfinite(loss).all():
