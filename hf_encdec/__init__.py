@@ -24,19 +24,30 @@ __all__ = ["ConfigError", "DataError", "HubError", "ModelError", "RunConfig", "U
            "train"]
 
 
-def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
+def train(config: RunConfig | dict[str, Any] | str, *, verbosity: str | None = None) -> TrainResult:
+    """Fine-tune and save (see `hf-encdec train`); returns where the model is, its metrics and a few predictions.
+
+    It reports through the `hf_encdec` logger: shown by default when logging is not configured,
+    silenced with `logging.getLogger("hf_encdec").setLevel(logging.WARNING)`; `verbosity` "quiet",
+    "normal" or "verbose" sets it as the command line's --quiet / --verbose do.
+    """
+    from .console import library_output, reporting
     from .training import train as _train
 
-    return _train(config)
+    with reporting(verbosity), library_output("transformers", "datasets"):
+        return _train(config)
 
 
 def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None, revision: str | None = None,
-         commit_message: str | None = None, merge_lora: bool = False, token: str | None = None) -> str:
+         commit_message: str | None = None, merge_lora: bool = False, token: str | None = None,
+         verbosity: str | None = None) -> str:
     """Upload a finished run to the Hub (see `hf-encdec push`); returns the commit URL."""
+    from .console import library_output, reporting
     from .hub import push as _push
 
-    return _push(model_dir, repo_id, private=private, revision=revision, commit_message=commit_message,
-                 merge_lora=merge_lora, token=token)
+    with reporting(verbosity), library_output("transformers"):
+        return _push(model_dir, repo_id, private=private, revision=revision, commit_message=commit_message,
+                     merge_lora=merge_lora, token=token)
 
 
 def generate(model: Any, inputs: Any, preset: str | None = None, **options: Any) -> Any:
@@ -46,9 +57,12 @@ def generate(model: Any, inputs: Any, preset: str | None = None, **options: Any)
     return _generate(model, inputs, preset, **options)
 
 
-def evaluate(model: str, data: str, preset: str | None = None, **options: Any) -> dict[str, Any]:
+def evaluate(model: str, data: str, preset: str | None = None, *, verbosity: str | None = None,
+             **options: Any) -> dict[str, Any]:
     """Generate for a file with references and return the task's metrics."""
+    from .console import library_output, reporting
     from .jobs import EvaluateOptions, evaluate_file, split_options
 
     known, overrides = split_options(EvaluateOptions, {"model": model, "data": data, "preset": preset, **options})
-    return evaluate_file(EvaluateOptions(**known), overrides)
+    with reporting(verbosity), library_output("transformers"):
+        return evaluate_file(EvaluateOptions(**known), overrides)

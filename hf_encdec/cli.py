@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import logging
 import sys
 import traceback
 from collections.abc import Callable
 
 from .errors import ConfigError, UserError, did_you_mean, disk_full, is_disk_full
 
-USAGE = """usage: hf-encdec COMMAND [ARGS] [--debug]
+USAGE = """usage: hf-encdec COMMAND [ARGS] [--quiet | --verbose] [--debug]
 
 Fine-tune Hugging Face encoder-decoder models (T5, BART, Marian, ...) with one command.
 
@@ -49,15 +48,27 @@ examples:
   hf-encdec generate --model runs/x --input in.jsonl --output nbest.jsonl --preset nbest --num_beams 8
   hf-encdec evaluate --model runs/x --data test.jsonl --preset beam
 
+every command:
+  --quiet                                 only warnings, errors and the result (model saved to ...)
+  --verbose                               every library warning and log too (transformers, datasets)
+  --debug                                 the traceback of user errors too
+
 exit codes: 0 success, 2 a user error (one line says what, where and how to fix it),
-1 an internal failure. --debug shows the traceback of user errors too.
+1 an internal failure.
 """
+
+# Flags every command takes, handled here and taken out of its arguments.
+GLOBAL_FLAGS = ("--debug", "--quiet", "--verbose")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    if "--quiet" in argv and "--verbose" in argv:
+        print("hf-encdec: error: --quiet and --verbose: choose one", file=sys.stderr)
+        return 2
+    verbosity = "quiet" if "--quiet" in argv else "verbose" if "--verbose" in argv else "normal"
+    argv = [a for a in argv if a not in GLOBAL_FLAGS]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
@@ -66,21 +77,22 @@ def main(argv: list[str] | None = None) -> int:
         hint = did_you_mean(command, COMMANDS) or f"commands: {', '.join(COMMANDS)}"
         print(f"hf-encdec: error: unknown command {command!r} ({hint})", file=sys.stderr)
         return 2
-    previous_logging = _setup_logging()
-    try:
-        return COMMANDS[command](args)
-    except UserError as err:
-        return _report(err, debug)
-    except Exception as err:
-        refused = _refused_write(err)
-        if refused is None:
-            raise
-        return _report(refused, debug)
-    except KeyboardInterrupt:
-        print("hf-encdec: interrupted", file=sys.stderr)
-        return 130
-    finally:  # main() may run in-process (tests, notebooks): leave the caller's logging as it was
-        _restore_logging(previous_logging)
+    from .console import reporting
+
+    # main() may run in-process (tests, notebooks): reporting() leaves the caller's logging as it was.
+    with reporting(verbosity, command_line=True):
+        try:
+            return COMMANDS[command](args)
+        except UserError as err:
+            return _report(err, debug)
+        except Exception as err:
+            refused = _refused_write(err)
+            if refused is None:
+                raise
+            return _report(refused, debug)
+        except KeyboardInterrupt:
+            print("hf-encdec: interrupted", file=sys.stderr)
+            return 130
 
 
 def _refused_write(err: Exception) -> UserError | None:
@@ -124,18 +136,11 @@ def train_command(args: list[str]) -> int:
     if wants_launch(launch_options):
         return launch(launch_options, without_launch_options(args))
 
+    from .console import library_output
     from .training import train
 
-    result = train(config)
-    print(f"\nmodel saved to {result.output_dir}")
-    for split in ("validation", "test"):
-        scores = {k: v for k, v in result.metrics.get(split, {}).items() if not k.endswith(("runtime", "per_second"))}
-        if scores:
-            print(f"{split}: " + ", ".join(f"{k} {v}" for k, v in scores.items()))
-    for sample in result.samples:
-        print(f"  {sample['source']!r} -> {sample['prediction']!r} (reference {sample['reference']!r})")
-    if result.hub_url:
-        print(f"pushed to {result.hub_url}")
+    with library_output("transformers", "datasets"):
+        train(config)  # it ends with the summary, and `model saved to DIR` on stdout
     return 0
 
 
@@ -152,10 +157,12 @@ def push_command(args: list[str]) -> int:
                         "model instead of the adapter")
     options = parser.parse_args(args)
 
+    from .console import library_output
     from .hub import push
 
-    url = push(options.model, options.repo_id, private=True if options.private else None, revision=options.revision,
-               commit_message=options.commit_message, merge_lora=options.merge_lora)
+    with library_output("transformers"):
+        url = push(options.model, options.repo_id, private=True if options.private else None,
+                   revision=options.revision, commit_message=options.commit_message, merge_lora=options.merge_lora)
     print(f"pushed {options.model} to {url}")
     return 0
 
@@ -204,26 +211,34 @@ def merge_command(args: list[str]) -> int:
         raise ConfigError("which run to merge?", key="model", hint="pass --model with the run's output_dir")
 
     from .adapters import merge_saved
+    from .console import library_output
 
-    print(f"merged model saved to {merge_saved(options['model'], options.get('output'), options.get('base'))}")
+    with library_output("transformers"):
+        merged = merge_saved(options["model"], options.get("output"), options.get("base"))
+    print(f"merged model saved to {merged}")
     return 0
 
 
 def generate_command(args: list[str]) -> int:
     parsed = _parse_job(args, "generate", "GenerateOptions")
     if parsed:
+        from .console import library_output
         from .jobs import generate_file
 
-        generate_file(*parsed)
+        with library_output("transformers"):
+            generate_file(*parsed)
     return 0
 
 
 def evaluate_command(args: list[str]) -> int:
     parsed = _parse_job(args, "evaluate", "EvaluateOptions")
     if parsed:
+        from .console import library_output
         from .jobs import evaluate_file
 
-        print(json.dumps(evaluate_file(*parsed), indent=2))
+        with library_output("transformers"):
+            scores = evaluate_file(*parsed)
+        print(json.dumps(scores, indent=2))
     return 0
 
 
@@ -257,28 +272,11 @@ def options_help(command: str, class_name: str) -> str:
     return "\n".join(lines)
 
 
-def _setup_logging() -> tuple:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("hf_encdec")
-    previous = (list(logger.handlers), logger.level)
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    return previous
-
-
 class _ArgumentParser(argparse.ArgumentParser):
     """Argument mistakes as a ConfigError: one line and exit code 2, like every other user error."""
 
     def error(self, message: str):
         raise ConfigError(f"{self.prog}: {message}", hint="see `hf-encdec push --help`")
-
-
-def _restore_logging(previous: tuple) -> None:
-    handlers, level = previous
-    logger = logging.getLogger("hf_encdec")
-    logger.handlers[:] = handlers
-    logger.setLevel(level)  # setLevel, not .level: it clears the level cache of child loggers
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_command, "generate": generate_command,

@@ -479,8 +479,8 @@ def format_data_report(
     splits: dict[str, Split], source_lengths: dict[str, list[int]], target_lengths: dict[str, list[int]],
     max_source_length: int, max_target_length: int, batching: str | None = None,
 ) -> str:
-    """A small table of rows and token lengths per split, how many rows each split will truncate, and
-    `batching`: how training batches are cut and the padding to expect."""
+    """A small table of rows and token lengths per split, a line for each split that will truncate
+    rows, and `batching`: how training batches are cut and the padding to expect."""
     table = [f"{'split':<12}{'rows':>8}{'dropped':>9}  {'source p50/p90/p99/max':<24}target p50/p90/p99/max"]
     notes = []
     for name, split in splits.items():
@@ -489,9 +489,11 @@ def format_data_report(
         src_text = _quartet(src) if source_lengths.get(name) else "-"
         tgt_text = _quartet(tgt) if target_lengths.get(name) else "-"
         table.append(f"{name:<12}{len(split):>8}{split.dropped:>9}  {src_text:<24}{tgt_text}")
-        notes.append(f"{name}: {src['over_max']} sources / {tgt['over_max']} targets longer than "
-                     f"max_source_length={max_source_length} / max_target_length={max_target_length} "
-                     "will be truncated")
+        over = [f"{n} of {len(split)} {what} (longer than {limit})" for n, what, limit in
+                ((src["over_max"], "sources", f"max_source_length={max_source_length}"),
+                 (tgt["over_max"], "targets", f"max_target_length={max_target_length}")) if n]
+        if over:  # a line only where something is cut: a report of zeros hides the one that matters
+            notes.append(f"{name}: will truncate {' and '.join(over)}")
     return "\n".join(table + notes + ([batching] if batching else []))
 
 

@@ -225,13 +225,17 @@ def launch(options: dict, train_args: list[str]) -> int:
     import tempfile
     from pathlib import Path
 
-    command = launch_command(options, train_args)
+    from . import console
+
+    command = launch_command(options, train_args + console.verbosity_flags())
     logger.info("starting %s process(es) with accelerate launch: %s", options.get("num_processes", "the config's"),
                 " ".join(command[1:]))
+    # The processes write into our pipe: they draw bars only if our own stderr is a terminal.
+    terminal = "1" if console.interactive() else "0"
     with tempfile.TemporaryDirectory(prefix="hf-encdec-launch-") as folder:
         error_file = Path(folder) / "error"
-        process = subprocess.Popen(command, env={**os.environ, ERROR_FILE_ENV: str(error_file)},
-                                   stderr=subprocess.PIPE)
+        process = subprocess.Popen(command, env={**os.environ, ERROR_FILE_ENV: str(error_file),
+                                                 console.TERMINAL_ENV: terminal}, stderr=subprocess.PIPE)
         # Chunks, not lines: progress bars redraw with carriage returns.
         for chunk in iter(lambda: process.stderr.read1(1 << 16), b""):
             if not error_file.exists():  # after a user error, only the launcher's report of it follows

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import distributed
+from . import console, distributed
 from .errors import ConfigError, DataError, did_you_mean, disk_full, is_disk_full
 from .generation import (
     BACKENDS,
@@ -300,15 +300,13 @@ def _run(generator, output: ResumableOutput, options: GenerateOptions, column: s
     them and moves the ledger on: the partial file stays an ordered prefix of the single-process
     output (a window's batches, and a sampling window's seed, depend on the window alone).
     """
-    from tqdm.auto import tqdm
-
     processes, rank = current.num_processes, current.process_index
     rows = itertools.islice(iter_rows(options.input), done, None)
     stats = {"rows": done, "generated": 0, "skipped": 0, "tokens": 0, "seconds": 0.0, "truncated": 0,
              "oom_splits": 0}
     start = time.perf_counter()
     show = options.progress and current.is_main_process
-    with tqdm(total=total, initial=done, unit="rows", disable=not show, desc="generating") as bar:
+    with console.progress(total, "generating", "rows", initial=done, enabled=show) as bar:
         for first in itertools.count(done // options.window, processes):
             windows = [list(itertools.islice(rows, options.window)) for _ in range(processes)]
             if not windows[0]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from collections.abc import Collection
 from typing import Any
 
+from . import console
 from .errors import ConfigError, ModelError, did_you_mean
 
 logger = logging.getLogger("hf_encdec.modeling")
@@ -196,7 +197,9 @@ def train_tokenizer(texts: list[str], vocab_size: int, template: str, pad_last: 
         [pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True)]
     )
     tokenizer.decoder = decoders.Metaspace()
-    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
+    # Its progress is drawn on stdout, which carries only results: blank lines there unless on a terminal.
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                             show_progress=console.interactive()))
     if pad_last:
         tokenizer.add_special_tokens([pad])
     used = [t for t in specials if t in template.split()]

@@ -6,13 +6,17 @@ Each override says why it exists; everything else is transformers' own Trainer.
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
-from . import checkpoints, sampling
+from . import checkpoints, console, sampling
 from .shrinking import decoding_kwargs
+
+logger = logging.getLogger("hf_encdec.train")
 
 
 @dataclass
@@ -54,11 +58,133 @@ class _SamplerEpoch(TrainerCallback):
         self.sampler.set_epoch(int(state.epoch or 0))  # a resumed run's state.epoch is e.g. 2.37: epoch 2
 
 
+class TokenCount:
+    """Source and target tokens (padding left out) trained on since the last `take`.
+
+    Summed on the device, so counting adds no synchronisation; `take` reads it when a line is printed.
+    """
+
+    def __init__(self):
+        self.pending = 0
+
+    def add(self, inputs) -> None:
+        mask, labels = inputs.get("attention_mask"), inputs.get("labels")
+        if mask is not None:
+            self.pending = self.pending + mask.sum()
+        if labels is not None:
+            self.pending = self.pending + (labels != -100).sum()
+
+    def take(self) -> int:
+        taken, self.pending = int(self.pending), 0
+        return taken
+
+
+class ConsoleCallback(TrainerCallback):
+    """What a run shows while it trains, in place of the library's ProgressCallback / PrinterCallback.
+
+    A live bar on a terminal (steps, epoch, loss, learning rate, tokens/s, ETA) and one for each
+    evaluation (elsewhere, a line now and then while a long evaluation runs); one line per logging
+    step and one aligned line per evaluation, through the `hf_encdec` logger (so --quiet, the
+    main-process rule and a caller's logging apply); and once, after the first steps of a long run,
+    its estimated duration.
+    """
+
+    ESTIMATE_AFTER_STEPS, ESTIMATE_AFTER_SECONDS, LONG_RUN_SECONDS = 30, 30.0, 120.0
+
+    def __init__(self, tokens: TokenCount):
+        self.tokens = tokens
+        self.training_bar = self.prediction_bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.start_step = time.perf_counter(), state.global_step
+        self.stepping = 0.0  # seconds inside training steps since the last line: tokens/s leaves evaluations out
+        self.first_step: tuple[float, int] | None = None  # (time, step) at the end of the first step: timed after it
+        self.estimated = False
+        self.tokens.take()  # the count starts with this session
+        if state.is_world_process_zero and not args.disable_tqdm and console.interactive():
+            self.training_bar = console.progress(state.max_steps, "train", "step", initial=state.global_step)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_began = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.stepping += time.perf_counter() - self.step_began
+        if not state.is_world_process_zero:
+            return
+        if self.training_bar is not None:
+            self.training_bar.update(state.global_step - self.training_bar.n)
+        now = time.perf_counter()
+        if self.first_step is None:
+            self.first_step = (now, state.global_step)
+        elif not self.estimated:
+            self._estimate_duration(args, state, now)
+
+    def _estimate_duration(self, args, state, now: float) -> None:
+        started, first = self.first_step
+        timed = state.global_step - first
+        if timed < self.ESTIMATE_AFTER_STEPS and now - started < self.ESTIMATE_AFTER_SECONDS:
+            return
+        self.estimated = True
+        left = (state.max_steps - state.global_step) * (now - started) / timed
+        if left > self.LONG_RUN_SECONDS:
+            evaluations = "; evaluations add to it" if args.eval_strategy != "no" else ""
+            logger.info("estimated duration: %s (timed over %d steps%s)", console.about(left + now - self.start),
+                        timed, evaluations)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # Evaluations have their line in on_evaluate, the final train summary goes to the end summary.
+        if not state.is_world_process_zero or not logs or any(key.endswith("_runtime") for key in logs):
+            return
+        logs = {key: value for key, value in logs.items() if key != "total_flos"}
+        now = time.perf_counter()
+        tokens_per_second = self.tokens.take() * args.world_size / self.stepping if self.stepping else None
+        self.stepping = 0.0
+        done = state.global_step - self.start_step
+        left = (state.max_steps - state.global_step) * (now - self.start) / done if done else None
+        logger.info("%s", console.train_line(state.global_step, state.max_steps, logs, tokens_per_second, left))
+        if self.training_bar is not None:
+            self.training_bar.set_postfix_str(console.bar_postfix(logs, tokens_per_second))
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if not state.is_world_process_zero or args.disable_tqdm:
+            return
+        if self.prediction_bar is None:
+            total = len(eval_dataloader) if eval_dataloader is not None and hasattr(eval_dataloader, "__len__") \
+                else None
+            self.prediction_bar = console.progress(total, "eval", "batch")
+        self.prediction_bar.update(1)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self._close_prediction_bar()
+        if state.is_world_process_zero and metrics:
+            logger.info("%s", console.eval_line(state.global_step, state.max_steps, metrics))
+
+    def on_predict(self, args, state, control, metrics=None, **kwargs):
+        self._close_prediction_bar()  # final scores: the end summary shows them
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.training_bar is not None:
+            self.training_bar.close()
+            self.training_bar = None
+
+    def _close_prediction_bar(self) -> None:
+        if self.prediction_bar is not None:
+            self.prediction_bar.close()
+            self.prediction_bar = None
+
+
 class EncDecTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer with hf_encdec's batching, checkpointing and distributed fixes."""
+    """Seq2SeqTrainer with hf_encdec's batching, checkpointing, distributed fixes and console."""
 
     def __init__(self, *args, **kwargs):
+        from transformers.trainer import DEFAULT_PROGRESS_CALLBACK, PrinterCallback
+
         super().__init__(*args, **kwargs)
+        # The library prints each log as a dict of strings and nests tqdm bars that leave escapes in log files.
+        self.remove_callback(DEFAULT_PROGRESS_CALLBACK)
+        self.remove_callback(PrinterCallback)
+        self.token_count = TokenCount()
+        self.add_callback(ConsoleCallback(self.token_count))
         # The seq2seq models take **kwargs, so Trainer assumes their loss is divided by
         # `num_items_in_batch` and skips its own scaling; but they return a per-batch mean
         # (transformers #37766). build_trainer passes `token_level_loss` as compute_loss_func, which
@@ -124,6 +250,7 @@ class EncDecTrainer(Seq2SeqTrainer):
         """Stop at the first non-finite loss, before the optimizer step spreads it into the weights."""
         import torch
 
+        self.token_count.add(inputs)
         loss = super().training_step(model, inputs, num_items_in_batch)
         # The library already syncs on this value every step (logging_nan_inf_filter): no extra stall.
         if not torch.isfinite(loss).all():

@@ -9,11 +9,12 @@ import copy
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checkpoints, distributed, hub, rundir
+from . import checkpoints, console, distributed, hub, rundir
 from . import data as data_lib
 from .adapters import apply_peft, quantization_config, save_merged
 from .config import RunConfig, load_config
@@ -43,6 +44,7 @@ class TrainResult:
 
 def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     """Fine-tune (or train from scratch) and write the output directory of DESIGN.md."""
+    started = time.perf_counter()
     distributed.join_cpu_processes()  # before validation builds the first TrainingArguments
     config = as_config(config)
     arguments = distributed.prepare_training(config)
@@ -78,14 +80,22 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     metrics = {"train": trainer.state.log_history[-1] if trainer.state.log_history else {},
                "model": describe_model(model, config)}
     predictions: dict[str, list[dict[str, str]]] = {}
-    for name in ("validation", "test"):
-        if name in splits:
-            metrics[name], predictions[name] = predict_split(trainer, config, task, splits[name])
+    scored = [name for name in ("validation", "test") if name in splits]
+    logger.info("scoring the final model on %s (preset %s)", " and ".join(scored), final_preset)
+    for name in scored:
+        metrics[name], predictions[name] = predict_split(trainer, config, task, splits[name])
     save_outputs(trainer, config, task, metrics, splits, lengths, presets=presets,
                  test_predictions=predictions.get("test"), previous_outputs=previous_outputs)
-    samples = predictions["test"] if "test" in predictions else predictions["validation"]
+    samples_from = "test" if "test" in predictions else "validation"
+    samples = predictions[samples_from][: config.run.num_sample_predictions]
     hub_url = hub.push_after_training(config.output_dir, hub_target) if hub_target else None
-    return TrainResult(config.output_dir, metrics, samples[: config.run.num_sample_predictions], hub_url)
+    if trainer.is_world_process_zero():  # every process ran the run; one tells how it went
+        logger.info("%s", console.summary(metrics["train"], {name: metrics[name] for name in scored}, samples,
+                                          samples_from, time.perf_counter() - started))
+        console.result_logger.info("model saved to %s", config.output_dir)
+        if hub_url:
+            console.result_logger.info("pushed to %s", hub_url)
+    return TrainResult(config.output_dir, metrics, samples, hub_url)
 
 
 def as_config(config: RunConfig | dict[str, Any] | str) -> RunConfig:
@@ -412,7 +422,6 @@ def predict_split(trainer, config: RunConfig, task: TaskAdapter, split: data_lib
     rows = [{"line": line, "source": source, "reference": reference, "prediction": prediction}
             for line, source, reference, prediction in
             zip(split.lines, split.sources, split.targets, trainer.compute_metrics.predictions)]
-    logger.info("%s: %s", split.name, json.dumps(metrics))
     return metrics, rows
 
 

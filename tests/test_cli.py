@@ -120,11 +120,11 @@ def test_debug_shows_the_traceback(capsys, tmp_path):
 
 
 def test_a_successful_run_prints_where_the_model_is(capsys, base_args, pair_files, tmp_path):
-    code, out, _ = run_cli(capsys, "train", *base_args, "--train_file", str(pair_files["train"]),
-                           "--test_file", str(pair_files["test"]))
+    code, out, err = run_cli(capsys, "train", *base_args, "--train_file", str(pair_files["train"]),
+                             "--test_file", str(pair_files["test"]))
     assert code == 0
-    assert f"model saved to {tmp_path / 'out'}" in out
-    assert "test:" in out and "->" in out
+    assert out == f"model saved to {tmp_path / 'out'}\n"  # stdout: the result alone; the story is on stderr
+    assert "test predictions" in err and "->" in err
 
 
 def _failing_command(err: BaseException):

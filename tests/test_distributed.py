@@ -107,6 +107,7 @@ def test_num_processes_launches_lora_on_a_warm_started_pair_under_ddp(tiny_pair_
     assert "--multi_gpu --num_processes 2" in run.stderr
     assert "distributed: 2 process(es)" in run.stderr
     assert "batch: 4 per device x 2 process(es) x 2 accumulation step(s) = 16 examples" in run.stderr
+    assert run.stderr.count("finished in") == 1 and run.stdout.count("model saved to") == 1  # told once, not per rank
     assert (out / "adapter_model.safetensors").is_file() and (out / "metrics.json").is_file()
     saved = yaml.safe_load((out / "run_config.yaml").read_text())
     assert "num_processes" not in saved and "use_cpu" not in saved  # the run's config, not this machine's
