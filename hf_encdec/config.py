@@ -323,8 +323,11 @@ class RunConfig:
             "dataloader_pin_memory": torch.cuda.is_available()}
         # hf-encdec pushes (hub.py), not the Trainer: its push would run before our outputs are written,
         # and a hub_token inside the arguments would be pickled into every checkpoint's training_args.bin.
-        return EncDecTrainingArguments(**{**pinning, **self.training, **batching, **overrides, "push_to_hub": False,
-                                          "hub_token": None})
+        return EncDecTrainingArguments(**{**pinning, **_current_names(self.training), **batching, **overrides,
+                                          "push_to_hub": False, "hub_token": None})
+
+    def gradient_checkpointing(self) -> bool:
+        return bool(self.training.get("activation_checkpointing") or self.training.get("gradient_checkpointing"))
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Every key, resolved, secrets left out: reproduces the run when passed back."""
@@ -410,3 +413,17 @@ def read_saved_config(folder: Path) -> RunConfig:
     return RunConfig(model=ModelArguments(**grouped["model"]), data=DataArguments(**grouped["data"]),
                      run=RunArguments(**grouped["run"]), training=training,
                      adapter=AdapterArguments(**grouped["adapter"]), batching=BatchingArguments(**grouped["batching"]))
+
+
+# transformers 5.x renamed these TrainingArguments and warns (FutureWarning) at every run given the old
+# names, which run_translation.py users and our recipes pass: handed on under the name the library reads.
+RENAMED_TRAINING_KEYS = {"gradient_checkpointing": "activation_checkpointing",
+                         "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+
+
+def _current_names(training: dict[str, Any]) -> dict[str, Any]:
+    from .library_fields import training_argument_types
+
+    known = training_argument_types()
+    renamed = {old: new for old, new in RENAMED_TRAINING_KEYS.items() if new in known and new not in training}
+    return {renamed.get(key, key): value for key, value in training.items()}

@@ -266,7 +266,7 @@ def build_model(config: RunConfig, task: TaskAdapter, train: data_lib.Split, qua
         tokenizer, model = load_pretrained(config.model, quantization)
     keep_start_embedding_zero(model)
     if config.adapter.peft:
-        model = apply_peft(model, config.adapter, bool(config.training.get("gradient_checkpointing")))
+        model = apply_peft(model, config.adapter, config.gradient_checkpointing())
     trainable, total = count_parameters(model)
     logger.info("model: %s, %.1fM parameters, %.2fM trainable (%.2f%%)", model.config.model_type, total / 1e6,
                 trainable / 1e6, 100 * trainable / total)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import hf_encdec
 from hf_encdec.cli import main
@@ -148,11 +150,16 @@ def test_ia3_uses_the_same_keys(tiny_models, quick_args):
 
 
 def test_lora_with_gradient_checkpointing_trains_the_adapter(tiny_models, quick_args):
-    result = hf_encdec.train({**quick_args, "model_name_or_path": str(tiny_models["bart"]), "peft": "lora",
-                              "gradient_checkpointing": True, "max_steps": 3, "learning_rate": 1e-2,
-                              "test_file": None})
+    # transformers 5 renamed the key (activation_checkpointing) and warns at every run given the old name.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = hf_encdec.train({**quick_args, "model_name_or_path": str(tiny_models["bart"]), "peft": "lora",
+                                  "gradient_checkpointing": True, "max_steps": 3, "learning_rate": 1e-2,
+                                  "test_file": None})
     weights = _load_safetensors(result.output_dir / "adapter_model.safetensors")
     assert all(w.abs().sum() > 0 for key, w in weights.items() if "lora_B" in key)
+    assert not [w for w in caught if "gradient_checkpointing" in str(w.message)]
+    assert yaml.safe_load((result.output_dir / "run_config.yaml").read_text())["gradient_checkpointing"] is True
 
 
 def test_quantized_loading_without_cuda_fails_before_any_work(tiny_models, quick_args, tmp_path):
