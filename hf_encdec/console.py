@@ -360,6 +360,8 @@ def number(value, name: str = "") -> str:
     value = float(value)
     if name in VALUE_FORMATS:
         return VALUE_FORMATS[name].format(value)
+    if name in _scores_0_to_100():  # two decimals, as sacreBLEU prints them: eval lines align line to line
+        return f"{value:.2f}"
     magnitude = abs(value)
     if not math.isfinite(value):
         return str(value)
@@ -370,6 +372,12 @@ def number(value, name: str = "") -> str:
     if magnitude >= 0.01 or value == 0:
         return f"{value:.3f}"
     return f"{value:.2e}"
+
+
+def _scores_0_to_100() -> set[str]:
+    from .metrics import METRIC_KEYS  # standard library only: the metric libraries load when scoring
+
+    return {key for keys in METRIC_KEYS.values() for key in keys}
 
 
 def count(value: float) -> str:
@@ -436,7 +444,7 @@ def _logged(logs: dict, keys: list[str], tokens_per_second: float | None) -> lis
 
 
 def eval_line(step: int, max_steps: int, metrics: dict) -> str:
-    """`eval   step  200/1500  epoch 1.06  loss 1.633  exact_match 0.200  chrf 22.32  gen_len 10.69  13.3s`"""
+    """`eval   step  200/1500  epoch 1.06  loss 1.633  exact_match 0.20  chrf 22.32  gen_len 10.69  13.3s`"""
     runtime_key = next((key for key in metrics if key.endswith("_runtime")), "eval_runtime")
     prefix = runtime_key.removesuffix("runtime")
     parts = ["eval ", step_field(step, max_steps)]

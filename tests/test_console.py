@@ -50,7 +50,7 @@ def test_a_captured_run_reads_as_lines_one_per_evaluation_and_one_summary(tiny_m
     eval_lines = [line for line in lines if line.startswith("eval   step")]
     assert [line.split()[2] for line in eval_lines] == ["2/4", "4/4"]
     for line in eval_lines:  # the task's metrics, rounded; no throughput keys
-        assert re.search(r"epoch \d\.\d\d  loss \d+\.\d{3}  bleu \d+\.\d+  chrf \d+\.\d+  exact_match \d\.\d{3}", line)
+        assert re.search(r"epoch \d\.\d\d  loss \d+\.\d{3}  bleu \d+\.\d+  chrf \d+\.\d+  exact_match \d+\.\d\d  ", line)
         assert "samples_per_second" not in line
 
     truncation = [line for line in lines if "will truncate" in line]
