@@ -133,6 +133,8 @@ class RunConfig:
                     raise ConfigError("unknown key", key=raw_key, hint=hint)
             except ConfigError as err:
                 problems.append(err)
+        if training.get("report_to") is None:  # `--report_to none` reads as null; the Trainer refuses None
+            training["report_to"] = "none"
         given = {key: training[key] for key in (ALIASES.get(k, k) for k in values) if key in training}
         best_model = bool(training.get("load_best_model_at_end") or grouped["run"].get("early_stopping_patience"))
         training.update(implied_strategies(given, best_model))

@@ -182,6 +182,18 @@ def test_installed_or_packageless_reporting_integrations_are_accepted(report_to)
     assert RunConfig.from_dict({**BASE, "report_to": report_to}).training["report_to"] == report_to
 
 
+@pytest.mark.parametrize("source", ["command line", "recipe null"])
+def test_report_to_none_on_the_command_line_or_null_means_no_integration(source, tmp_path):
+    # `--report_to none` reads as null on the command line; the Trainer refuses None after the model loads.
+    if source == "command line":
+        config = load_config(None, parse_overrides(["--model_name_or_path", "m", "--train_file", "t.jsonl",
+                                                     "--report_to", "none"]))
+    else:
+        config = load_config(str(write_recipe(tmp_path, {**BASE, "report_to": None})))
+    assert config.training["report_to"] == "none"
+    assert config.training_arguments().report_to == []
+
+
 @pytest.mark.parametrize(("report_to", "fragment"), [
     ("tensorbord", "did you mean 'tensorboard'"),
     (["all", "tensorboard"], "stand alone"),
