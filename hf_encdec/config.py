@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,15 @@ def _training_value_problems(training: dict[str, Any]) -> list[ConfigError]:
         problems.append(ConfigError("needs a folder path, got an empty one", key="output_dir",
                                     hint="e.g. --output_dir runs/my-run"))
     return problems
+
+
+# The Hub's repo names: [OWNER/]NAME of letters, digits, '-', '_' and '.', neither starting nor ending with '-' or '.'.
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?/)?[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?$")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """A Hub id that is not also a local path (base_model names the base model for others to find)."""
+    return bool(_HUB_ID.match(name)) and ".." not in name and not Path(name).exists()
 
 
 def _report_to_problems(report_to: Any) -> list[ConfigError]:
@@ -192,6 +202,10 @@ class RunConfig:
                             key="source_lang")
             )
         problems.extend(self._metric_problems())
+        if r.base_model is not None and not _looks_like_hub_id(r.base_model):
+            problems.append(ConfigError(f"needs the base model's Hub id (OWNER/NAME), got {r.base_model!r}",
+                                        key="base_model", hint="e.g. --base_model google-t5/t5-small; the local "
+                                        "folder stays model_name_or_path"))
         if r.early_stopping_patience and t.get("eval_strategy") == "no":
             problems.append(
                 ConfigError("early stopping needs evaluations", key="early_stopping_patience",

@@ -8,6 +8,7 @@ after the local save, and a failed push keeps the local model and says how to re
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import shutil
@@ -94,6 +95,8 @@ def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None, re
     if merge_lora and not (folder / ADAPTER_CONFIG).exists():
         raise ConfigError("--merge_lora needs a LoRA run: this folder holds a full model (no adapter_config.json)",
                           key="merge_lora", path=str(folder), hint="push it without --merge_lora")
+    if not merge_lora:
+        hub_base_of(folder)  # an adapter whose base no one else can load stops here, before the Hub is asked
     target = check_access(repo_id, token=token, private=private, revision=revision)
     return upload_run(folder, target, commit_message=commit_message, merge_lora=merge_lora)
 
@@ -111,9 +114,13 @@ def upload_run(folder: Path, target: HubTarget, *, commit_message: str | None = 
     """create_repo + upload_folder of the run's files, with a card naming the repo."""
     from huggingface_hub import HfApi
 
-    with tempfile.TemporaryDirectory(prefix="hf-encdec-merged-") as scratch:
-        source = merge_adapter(folder, Path(scratch)) if merge_lora else folder
-        refresh_model_card(source, target.repo_id, run_folder=folder)
+    with tempfile.TemporaryDirectory(prefix="hf-encdec-push-") as scratch:
+        if merge_lora:
+            source = merge_adapter(folder, Path(scratch))
+            refresh_model_card(source, target.repo_id, run_folder=folder)
+        else:
+            refresh_model_card(folder, target.repo_id)
+            source = naming_the_hub_base(folder, Path(scratch))
         api = HfApi(token=target.token)
         with hub_errors(f"pushing to {target.repo_id}"):
             _prepare_repo(api, target)
@@ -121,6 +128,49 @@ def upload_run(folder: Path, target: HubTarget, *, commit_message: str | None = 
                                      allow_patterns=[glob.escape(p) for p in files_to_push(source)],
                                      commit_message=commit_message or f"Upload {folder.name} with hf-encdec")
     return info.commit_url
+
+
+def _local_path(name: str) -> bool:
+    return Path(name).is_absolute() or Path(name).is_dir()
+
+
+def hub_base_of(folder: Path) -> str | None:
+    """The Hub id a pushed adapter names as its base: None for a full model or an adapter whose base is on the Hub.
+
+    peft saves the base as it was given, here often a local folder, and loads the adapter from the Hub by
+    following that name: pushed as it is, it would hold this machine's path and load for no one else.
+    """
+    adapter = folder / ADAPTER_CONFIG
+    if not adapter.is_file():
+        return None
+    base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not isinstance(base, str) or not _local_path(base):
+        return None
+    from .config import read_saved_config
+
+    hub_id = read_saved_config(folder).run.base_model if (folder / "run_config.yaml").is_file() else None
+    if not hub_id:
+        raise ConfigError(f"the adapter's base model is a local folder ({Path(base).name}), which no one can load "
+                          "from the Hub", key="base_model", path=str(adapter),
+                          hint=f"set base_model: OWNER/NAME (the Hub id of that base) in {folder / 'run_config.yaml'}"
+                               " (or --base_model when training), or push with --merge_lora")
+    return hub_id
+
+
+def naming_the_hub_base(folder: Path, scratch: Path) -> Path:
+    """`folder`, or where its adapter's local base is named by its Hub id: links to the run's files in `scratch`
+    beside a rewritten adapter_config.json (the run's own keeps the local base it loads from)."""
+    hub_id = hub_base_of(folder)
+    if hub_id is None:
+        return folder
+    for path in files_to_push(folder):
+        (scratch / path).parent.mkdir(parents=True, exist_ok=True)
+        (scratch / path).symlink_to((folder / path).absolute())
+    adapter = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    (scratch / ADAPTER_CONFIG).unlink()
+    (scratch / ADAPTER_CONFIG).write_text(json.dumps({**adapter, "base_model_name_or_path": hub_id}, indent=2) + "\n",
+                                          encoding="utf-8")
+    return scratch
 
 
 def _prepare_repo(api: Any, target: HubTarget) -> None:
@@ -209,6 +259,12 @@ def hub_errors(action: str):
 
 def check_push_access(config: RunConfig) -> HubTarget:
     """`push_to_hub: true`: the target of hub_model_id (default: the output folder's name), checked now."""
+    if config.adapter.peft and config.model.model_name_or_path and _local_path(config.model.model_name_or_path) \
+            and not config.run.base_model:
+        raise ConfigError("push_to_hub with an adapter on a local base model: the pushed adapter would name this "
+                          "machine's folder as its base, which no one can load", key="base_model",
+                          hint="set --base_model OWNER/NAME (the Hub id of that base), or push the merged model "
+                               "later with `hf-encdec push --merge_lora`")
     t = config.training
     return check_access(t.get("hub_model_id") or config.output_dir.name, token=t.get("hub_token") or config.model.token,
                         private=t.get("hub_private_repo"), revision=t.get("hub_revision"), repo_key="hub_model_id")

@@ -241,7 +241,7 @@ def test_a_pushed_ia3_run_keeps_ia3_in_its_refreshed_card(hub, tiny_models, quic
     from huggingface_hub import ModelCard
 
     out = hf_encdec.train({**quick_args, "model_name_or_path": str(tiny_models["t5"]), "peft": "ia3",
-                           "max_steps": 2, "test_file": None}).output_dir
+                           "base_model": "someone/tiny-t5", "max_steps": 2, "test_file": None}).output_dir
     hf_encdec.push(out, "alice/tiny-ia3", token="hf_alice_write")
     card = ModelCard.load("alice/tiny-ia3")
     assert "alice/tiny-ia3" in card.text  # refreshed to name the repo, from run_config.yaml

@@ -149,12 +149,29 @@ def test_evaluate_output_records_signatures_preset_model_and_data(bart_run, pair
     assert record["backend"] == "transformers"
 
 
-def test_push_refreshes_the_card_with_the_repo_and_its_plots(hub, lora_run, monkeypatch):
+def test_a_pushed_adapter_names_its_base_by_hub_id_and_its_card_the_repo(hub, lora_run, tiny_models, monkeypatch,
+                                                                         capsys):
+    import hf_encdec
     from huggingface_hub import ModelCard
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
 
     monkeypatch.setenv("HF_TOKEN", ALICE)
-    assert main(["push", "--model", str(lora_run), "--repo_id", "alice/card-lora"]) == 0
+    local_base = json.loads((lora_run / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert main(["push", "--model", str(lora_run), "--repo_id", "alice/card-lora"]) == 2  # the base is a folder
+    assert "key 'base_model'" in capsys.readouterr().err and "alice/card-lora" not in hub.state.repos
+
+    hf_encdec.push(tiny_models["t5"], "alice/card-base", token=ALICE)
+    saved = (lora_run / "run_config.yaml").read_text()
+    (lora_run / "run_config.yaml").write_text(saved + "base_model: alice/card-base\n")  # as the error asks
+    try:
+        assert main(["push", "--model", str(lora_run), "--repo_id", "alice/card-lora"]) == 0
+    finally:
+        (lora_run / "run_config.yaml").write_text(saved)
     files = hub.state.files("alice/card-lora")
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == "alice/card-base"
+    assert json.loads((lora_run / "adapter_config.json").read_text())["base_model_name_or_path"] == local_base
+    PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained("alice/card-base"), "alice/card-lora")
     text = files["README.md"].decode()
     assert str(lora_run.parent) not in text and 'PeftModel.from_pretrained(base, "alice/card-lora")' in text
     linked = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]

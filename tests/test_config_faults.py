@@ -209,6 +209,8 @@ CONFIG_MISTAKES = [  # (command line, the key the error names)
     (TRAIN + ["--presets", '{"mine": {"num_beams": 2'], "presets"),
     (TRAIN + ["--task", "translaton"], "task"),
     (TRAIN + ["--report_to", "tensorbord"], "report_to"),
+    (TRAIN + ["--base_model", "/models/t5-small"], "base_model"),  # a path: the card needs the Hub id
+    (TRAIN + ["--base_model", "not a valid id!"], "base_model"),
     (TRAIN + ["--metrics", "bleu,rouge", "--load_best_model_at_end", "--metric_for_best_model", "chrf"],
      "metric_for_best_model"),
     (GENERATE + ["--num_beems", "3"], "num_beems"),

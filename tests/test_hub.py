@@ -163,6 +163,17 @@ def test_training_with_a_bad_token_stops_before_anything_runs(hub, tiny_models, 
     assert not (tmp_path / "out").exists()
 
 
+def test_pushing_an_adapter_on_a_local_base_is_refused_before_training(hub, tiny_models, quick_args, tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    code, _, err = run_cli(capsys, "train", "--model_name_or_path", str(tiny_models["t5"]), "--peft", "lora",
+                           "--train_file", quick_args["train_file"], "--output_dir", str(tmp_path / "out"),
+                           "--push_to_hub", "true", "--hub_model_id", "alice/local-base")
+    line = one_error_line(code, err)
+    assert "key 'base_model'" in line and "--merge_lora" in line
+    assert not (tmp_path / "out").exists() and "alice/local-base" not in hub.state.repos
+
+
 def test_failed_push_after_training_keeps_the_model_and_says_how_to_retry(hub, tiny_models, quick_args, capsys,
                                                                           monkeypatch):
     monkeypatch.setenv("HF_TOKEN", ALICE)
