@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ print(decoder_tokenizer.batch_decode(outputs, skip_special_tokens=True))
 
 ADAPTER_USAGE = '''```python
 from peft import PeftModel
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, EncoderDecoderModel, GenerationConfig
+from transformers import {imports}, GenerationConfig
 
 tokenizer = AutoTokenizer.from_pretrained("{path}")
 base = {base}
@@ -65,6 +66,8 @@ inputs = tokenizer(["{prefix}your text here"], return_tensors="pt", padding=True
 outputs = model.generate(**inputs, generation_config=GenerationConfig.from_pretrained("{path}"))
 print({output_tokenizer}.batch_decode(outputs, skip_special_tokens=True))
 ```'''
+
+METHOD_NAMES = {"lora": "LoRA", "ia3": "IA3"}  # as the papers and peft write them
 
 PAIR_ADAPTER_NOTE = ("The base is the warm-started pair rebuilt from its two checkpoints. When the decoder "
                      "tokenizer gained a pad token, resize first: `base.decoder.resize_token_embeddings(len("
@@ -95,7 +98,9 @@ def write_model_card(output_dir: Path, config: RunConfig, task: TaskAdapter, met
     path = _model_ref(config, output_dir, repo_id)
     name = path.rsplit("/", 1)[-1]
     state = _trainer_state(folder) or _trainer_state(output_dir)  # a merged push's folder has none: the run's
-    languages = [lang for lang in (d.source_lang, d.target_lang, d.lang) if lang]
+    # The Hub's `language` takes ISO 639 codes: eng_Latn (NLLB) is eng, en_XX (mBART) en.
+    languages = list(dict.fromkeys(re.split(r"[_-]", lang)[0] for lang in (d.source_lang, d.target_lang, d.lang)
+                                   if lang))
     scores = _eval_results(metrics, task, d)
     bases = _base_models(config)
     method = config.adapter.peft or "lora"
@@ -112,7 +117,7 @@ def write_model_card(output_dir: Path, config: RunConfig, task: TaskAdapter, met
     )
     sections = [
         f"---\n{card_data.to_yaml()}\n---",
-        (f"# {name}\n\nA {task.name} {f'{method.upper()} adapter' if adapter else 'model'} {_origin(config)} "
+        (f"# {name}\n\nA {task.name} {f'{METHOD_NAMES.get(method, method)} adapter' if adapter else 'model'} {_origin(config)} "
          "with hf-encdec." + _notes(config)),
         "## Model description\n\n" + _model_section(metrics.get("model", {})),
         f"## Intended uses & limitations\n\n{TO_FILL}: what the model is for, the inputs it expects, and where "
@@ -219,12 +224,14 @@ def _usage(config: RunConfig, path: str, adapter: bool) -> str:
         base = (f'EncoderDecoderModel.from_encoder_decoder_pretrained("{_loadable(m.encoder_name_or_path)}", '
                 f'"{_loadable(m.decoder_name_or_path)}"){_local_comment(m.encoder_name_or_path, m.decoder_name_or_path)}'
                 f'\ndecoder_tokenizer = AutoTokenizer.from_pretrained("{path}", subfolder="decoder_tokenizer")')
-        usage = ADAPTER_USAGE.format(path=path, base=base, prefix=prefix, output_tokenizer="decoder_tokenizer")
+        usage = ADAPTER_USAGE.format(path=path, base=base, prefix=prefix, output_tokenizer="decoder_tokenizer",
+                                     imports="AutoTokenizer, EncoderDecoderModel")
         return usage + "\n\n" + PAIR_ADAPTER_NOTE
     if adapter:
         name = config.run.base_model or m.model_name_or_path
         base = f'AutoModelForSeq2SeqLM.from_pretrained("{_loadable(name)}"){_local_comment(name)}'
-        return ADAPTER_USAGE.format(path=path, base=base, prefix=prefix, output_tokenizer="tokenizer")
+        return ADAPTER_USAGE.format(path=path, base=base, prefix=prefix, output_tokenizer="tokenizer",
+                                    imports="AutoModelForSeq2SeqLM, AutoTokenizer")
     if m.encoder_name_or_path:
         return PAIR_USAGE.format(path=path, prefix=prefix)
     return USAGE.format(path=path, prefix=prefix)
@@ -245,7 +252,7 @@ def _presets_usage(output_dir: Path, path: str) -> str:
         return ""
     return (f"\n\nNamed decoding presets: {', '.join(f'`{n}`' for n in names)}. Pick one with "
             f"`model.generate(**inputs, generation_config=GenerationConfig.from_pretrained(\"{path}\", "
-            f"\"presets/{names[0]}.json\"))`.")
+            f"\"presets/{names[0]}.json\"))` (`from transformers import GenerationConfig`).")
 
 
 def _hub_id(name: str | None) -> str | None:

@@ -58,6 +58,8 @@ def test_lora_card_on_a_local_base_says_what_ran_and_holds_no_local_path(lora_ru
     assert card.data.library_name == "peft" and card.data.base_model is None
     assert {"hf-encdec", "lora"} <= set(card.data.tags) and card.data.license is None
     assert "a local model: `t5`" in text and "`base_model: OWNER/NAME`" in text
+    assert "A text2text LoRA adapter" in text
+    assert "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig\n" in text
     assert 'AutoModelForSeq2SeqLM.from_pretrained("t5")  # t5: a local model' in text
     assert "**No license is set**" in text
     for section in ("## Model description", "## Intended uses & limitations", "## Training data", "## Results",

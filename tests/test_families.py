@@ -240,6 +240,9 @@ def test_nllb_translates_end_to_end(family_data, tmp_path):
     german = tokenizer.convert_tokens_to_ids("deu_Latn")
     for preset in [out / "generation_config.json", *(out / "presets").glob("*.json")]:
         assert json.loads(preset.read_text())["forced_bos_token_id"] == german, preset.name
+    from huggingface_hub import ModelCard
+
+    assert ModelCard.load(out / "README.md").data.language == ["eng", "deu"]  # ISO 639, as the Hub's field takes
 
     inputs = tmp_path / "in.txt"
     inputs.write_text("red cat\nsun moon tree\n")
