@@ -64,6 +64,11 @@ GLOBAL_FLAGS = ("--debug", "--quiet", "--verbose")
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    valued = next((a for a in argv if a.split("=", 1)[0] in GLOBAL_FLAGS and "=" in a), None)
+    if valued:
+        print(f"hf-encdec: error: {valued.split('=', 1)[0]} takes no value, got {valued!r} (pass it alone)",
+              file=sys.stderr)
+        return 2
     if "--quiet" in argv and "--verbose" in argv:
         print("hf-encdec: error: --quiet and --verbose: choose one", file=sys.stderr)
         return 2

@@ -237,7 +237,7 @@ def build_scratch(model_args: Any, texts: list[str], max_positions: int):
         with torch.no_grad():
             model.get_input_embeddings().weight[tokenizer.pad_token_id] = 0
         model.generation_config.suppress_tokens = [tokenizer.pad_token_id]  # as Opus-MT's bad_words_ids
-    logger.info("built %s from scratch: %.1fM parameters, vocabulary %d", name, model.num_parameters() / 1e6,
+    logger.info("built %s from scratch: %s parameters, vocabulary %d", name, console.count(model.num_parameters()),
                 len(tokenizer))
     return tokenizer, model
 

@@ -268,8 +268,8 @@ def build_model(config: RunConfig, task: TaskAdapter, train: data_lib.Split, qua
     if config.adapter.peft:
         model = apply_peft(model, config.adapter, config.gradient_checkpointing())
     trainable, total = count_parameters(model)
-    logger.info("model: %s, %.1fM parameters, %.2fM trainable (%.2f%%)", model.config.model_type, total / 1e6,
-                trainable / 1e6, 100 * trainable / total)
+    logger.info("model: %s, %s parameters, %s trainable (%.2f%%)", model.config.model_type, console.count(total),
+                console.count(trainable), 100 * trainable / total)
     return tokenizer, model
 
 

@@ -10,6 +10,7 @@ import re
 import warnings
 from contextlib import contextmanager
 
+import pytest
 from conftest import write_jsonl
 
 import hf_encdec
@@ -83,12 +84,19 @@ def test_quiet_and_verbose_together_are_refused(capsys):
     assert "choose one" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--verbose=1", "--quiet=yes", "--debug=true"])
+def test_a_global_flag_given_a_value_is_refused_by_name(flag, capsys):
+    assert main(["generate", flag, "--model", "m", "--input", "i.txt", "--output", "o.txt"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag.split('=')[0]} takes no value" in err
+
+
 def test_generate_on_captured_output_prints_lines_not_bars(tiny_models, pair_files, tmp_path, capsys):
     assert main(["generate", "--model", str(tiny_models["t5"]), "--input", str(pair_files["test"]),
                  "--output", str(tmp_path / "out.jsonl"), "--max_new_tokens", "4"]) == 0
-    err = capsys.readouterr().err
-    assert not ESCAPES.search(err) and "Loading weights" not in err
-    assert f"wrote {tmp_path / 'out.jsonl'}: 30 rows" in err
+    captured = capsys.readouterr()
+    assert not ESCAPES.search(captured.err) and "Loading weights" not in captured.err
+    assert captured.out.startswith(f"wrote {tmp_path / 'out.jsonl'}: 30 rows")  # the result, on stdout
 
 
 def test_on_a_terminal_training_draws_a_live_bar(tiny_models, pair_files, tmp_path, capsys, monkeypatch):

@@ -155,7 +155,7 @@ def test_two_process_generation_writes_the_single_process_bytes_and_resumes_acro
     two = torchrun(*_generate(*common, "--output", str(tmp_path / "two.jsonl")))
     assert two.returncode == 0, two.stderr[-3000:]
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
-    assert two.stderr.count("wrote ") == 1  # one report, from the main process
+    assert two.stdout.count("wrote ") == 1  # one report, from the main process, on stdout: the command's result
 
     # Killed while one process wrote it, finished by two: still the same bytes.
     out, ledger = tmp_path / "resumed.jsonl", tmp_path / "resumed.jsonl.progress.json"
