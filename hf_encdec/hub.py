@@ -143,7 +143,10 @@ def hub_base_of(folder: Path) -> str | None:
     adapter = folder / ADAPTER_CONFIG
     if not adapter.is_file():
         return None
-    base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    from .loading import read_json
+
+    config = read_json(adapter, key="model")
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
     if not isinstance(base, str) or not _local_path(base):
         return None
     from .config import read_saved_config

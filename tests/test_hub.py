@@ -174,6 +174,16 @@ def test_pushing_an_adapter_on_a_local_base_is_refused_before_training(hub, tiny
     assert not (tmp_path / "out").exists() and "alice/local-base" not in hub.state.repos
 
 
+def test_a_broken_adapter_config_is_one_line_before_the_hub_is_asked(hub, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter_model.safetensors").write_bytes(b"")
+    (run / "adapter_config.json").write_text('{"base_model_name_or_path": ')
+    line = one_error_line(*run_cli(capsys, "push", "--model", str(run), "--repo_id", "alice/broken")[::2])
+    assert "adapter_config.json" in line and "not valid JSON" in line and "alice/broken" not in hub.state.repos
+
+
 def test_failed_push_after_training_keeps_the_model_and_says_how_to_retry(hub, tiny_models, quick_args, capsys,
                                                                           monkeypatch):
     monkeypatch.setenv("HF_TOKEN", ALICE)
