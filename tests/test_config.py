@@ -178,7 +178,12 @@ def test_the_defaults_say_which_step_counts_switch_them(capsys):
 
 
 @pytest.mark.parametrize("report_to", ["all", "none", ["none"], "tensorboard", ["tensorboard"], "kubeflow"])
-def test_installed_or_packageless_reporting_integrations_are_accepted(report_to):
+def test_installed_or_packageless_reporting_integrations_are_accepted(report_to, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec  # tensorboard installed or not on this machine: here it is
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "tensorboard" else real(name, *a))
     assert RunConfig.from_dict({**BASE, "report_to": report_to}).training["report_to"] == report_to
 
 
