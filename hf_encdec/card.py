@@ -20,9 +20,11 @@ from typing import Any
 from . import __version__
 from .arguments import TRAINING_DEFAULTS
 from .config import RunConfig, read_saved_config
+from .console import duration
+from .loading import is_local_path
 from .plots import plot_files
 from .presets import DECODING_DEFAULTS
-from .rundir import CARD, CARD_TAG, FINISHED_MARKER, RUN_CONFIG, is_our_card, write_atomically
+from .rundir import CARD, CARD_TAG, FINISHED_MARKER, RUN_CONFIG, TRAINER_STATE, is_our_card, write_atomically
 from .tasks import TaskAdapter, get_task
 
 logger = logging.getLogger("hf_encdec.card")
@@ -31,7 +33,6 @@ HYPERPARAMETERS = ("learning_rate", "per_device_train_batch_size", "gradient_acc
                    "weight_decay", "lr_scheduler_type", "label_smoothing_factor", "seed", "bf16", "fp16")
 # The versions a run records in metrics.json and its card lists (hf-encdec's own comes from the package).
 FRAMEWORKS = ("transformers", "torch", "peft", "datasets", "tokenizers", "accelerate", "sacrebleu")
-TRAINER_STATE = "trainer_state.json"
 TO_FILL = "More information needed"
 
 USAGE = '''```python
@@ -257,7 +258,7 @@ def _presets_usage(output_dir: Path, path: str) -> str:
 
 def _hub_id(name: str | None) -> str | None:
     """A Hub id, or None for a local path (the card's metadata may only name Hub repos)."""
-    if not name or name.startswith(("/", ".", "~")) or Path(name).exists():
+    if not name or is_local_path(name):
         return None
     return name
 
@@ -319,7 +320,7 @@ def _procedure(metrics: dict[str, Any], state: dict[str, Any]) -> str:
     line = f"Trained for {steps} optimizer steps ({epochs:.2f} epochs)" if epochs is not None else \
         f"Trained for {steps} optimizer steps"
     if "train_runtime" in train:
-        line += f" in {_duration(train['train_runtime'])}"
+        line += f" in {duration(train['train_runtime'])}"
     environment = metrics.get("environment")
     if environment:
         processes = environment["processes"]
@@ -327,15 +328,6 @@ def _procedure(metrics: dict[str, Any], state: dict[str, Any]) -> str:
     if "train_loss" in train:
         line += f"; mean training loss {_number(train['train_loss'])}"
     return line + "."
-
-
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
 def _hyperparameter_table(config: RunConfig) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,13 +58,18 @@ def _training_value_problems(training: dict[str, Any]) -> list[ConfigError]:
     return problems
 
 
-# The Hub's repo names: [OWNER/]NAME of letters, digits, '-', '_' and '.', neither starting nor ending with '-' or '.'.
-_HUB_ID = re.compile(r"^(?:[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?/)?[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?$")
-
-
 def _looks_like_hub_id(name: str) -> bool:
     """A Hub id that is not also a local path (base_model names the base model for others to find)."""
-    return bool(_HUB_ID.match(name)) and ".." not in name and not Path(name).exists()
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from .loading import is_local_path
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return not is_local_path(name)
 
 
 def _report_to_problems(report_to: Any) -> list[ConfigError]:
@@ -145,9 +149,9 @@ class RunConfig:
                 problems.append(err)
         if training.get("report_to") is None:  # `--report_to none` reads as null; the Trainer refuses None
             training["report_to"] = "none"
-        given = {key: training[key] for key in (ALIASES.get(k, k) for k in values) if key in training}
+        given = frozenset(ALIASES.get(key, key) for key in values)
         best_model = bool(training.get("load_best_model_at_end") or grouped["run"].get("early_stopping_patience"))
-        training.update(implied_strategies(given, best_model))
+        training.update(implied_strategies({key: training[key] for key in given if key in training}, best_model))
         if not problems:
             config = cls(
                 model=ModelArguments(**grouped["model"]),
@@ -156,7 +160,7 @@ class RunConfig:
                 training=training,
                 adapter=AdapterArguments(**grouped["adapter"]),
                 batching=BatchingArguments(**grouped["batching"]),
-                given=frozenset(ALIASES.get(key, key) for key in values),
+                given=given,
             )
             # The cheap checks first, so that a typo is reported before transformers is even imported.
             problems = config.problems() or config.library_problems()

@@ -21,6 +21,7 @@ from typing import Any
 from .card import ADAPTER_CONFIG, refresh_model_card
 from .config import RunConfig
 from .errors import ConfigError, HubError, ModelError
+from .loading import is_local_path
 
 logger = logging.getLogger("hf_encdec.hub")
 
@@ -130,10 +131,6 @@ def upload_run(folder: Path, target: HubTarget, *, commit_message: str | None = 
     return info.commit_url
 
 
-def _local_path(name: str) -> bool:
-    return Path(name).is_absolute() or Path(name).is_dir()
-
-
 def hub_base_of(folder: Path) -> str | None:
     """The Hub id a pushed adapter names as its base: None for a full model or an adapter whose base is on the Hub.
 
@@ -147,7 +144,7 @@ def hub_base_of(folder: Path) -> str | None:
 
     config = read_json(adapter, key="model")
     base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
-    if not isinstance(base, str) or not _local_path(base):
+    if not isinstance(base, str) or not is_local_path(base):
         return None
     from .config import read_saved_config
 
@@ -262,7 +259,7 @@ def hub_errors(action: str):
 
 def check_push_access(config: RunConfig) -> HubTarget:
     """`push_to_hub: true`: the target of hub_model_id (default: the output folder's name), checked now."""
-    if config.adapter.peft and config.model.model_name_or_path and _local_path(config.model.model_name_or_path) \
+    if config.adapter.peft and config.model.model_name_or_path and is_local_path(config.model.model_name_or_path) \
             and not config.run.base_model:
         raise ConfigError("push_to_hub with an adapter on a local base model: the pushed adapter would name this "
                           "machine's folder as its base, which no one can load", key="base_model",

@@ -25,6 +25,7 @@ FINISHED_MARKER = "metrics.json"  # written last: a folder without it holds no f
 RUN_CONFIG = "run_config.yaml"
 CARD = "README.md"
 PLOTS_DIR = "plots"  # loss, learning rate and metric curves (PNG), linked from the card
+TRAINER_STATE = "trainer_state.json"  # the loss curve and evaluation history (transformers' TRAINER_STATE_NAME)
 CARD_TAG = "hf-encdec"  # in the front matter of every model card we write
 
 # Who wrote what in output_dir. The rule:
@@ -38,7 +39,7 @@ FINAL_OUTPUTS = ("*.safetensors", "*.safetensors.index.json", "config.json", "ge
                  "adapter_config.json", "preprocessor_config.json", "processor_config.json", "tokenizer*",
                  "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.model", "*.spm",
                  "chat_template.jinja", "training_args.bin", "decoder_tokenizer", "merged", "presets", PLOTS_DIR,
-                 CARD, FINISHED_MARKER, "predictions.jsonl", "trainer_state.json")
+                 CARD, FINISHED_MARKER, "predictions.jsonl", TRAINER_STATE)
 RUN_STATE = (RUN_CONFIG, "checkpoint-*", STAGING_DIR, FINAL_STAGING_DIR)
 
 # What a run reads. output_dir may not be one of them, nor lie inside one of their folders, nor hold one where
