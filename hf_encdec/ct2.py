@@ -19,6 +19,7 @@ from typing import Any
 from .distributed import state
 from .errors import ConfigError, ModelError
 from .generation import encode_sources
+from .presets import new_tokens
 
 logger = logging.getLogger("hf_encdec.generation")
 
@@ -117,7 +118,7 @@ def translate_options(config) -> dict[str, Any]:
         if getattr(config, name, None) not in unused:
             raise ConfigError(f"CTranslate2 has no equivalent of {name}={getattr(config, name)!r}", key=name,
                               hint="unset it, or use --backend transformers")
-    max_new = config.max_new_tokens or max(1, (config.max_length or 21) - 1)  # max_length counts the start token
+    max_new = new_tokens(config) or 20  # neither length set: the library's default of 20 tokens
     if forced_end(config) is not None:
         max_new -= 1  # the forced token takes the last place
     options = {"beam_size": config.num_beams or 1, "num_hypotheses": config.num_return_sequences or 1,

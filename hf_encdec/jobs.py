@@ -365,9 +365,9 @@ def _report(path: str, stats: dict[str, Any], max_source_length: int | None) -> 
         notes.append(f"{stats['truncated']} sources truncated to max_source_length={max_source_length}")
     if stats["oom_splits"]:
         notes.append(f"{stats['oom_splits']} batches split after running out of memory")
-    console.result_logger.info("wrote %s: %d rows, %d generated in %.1fs (%.1f rows/s, %.0f tokens/s)%s", path, stats["rows"],
-                stats["generated"], seconds, stats["generated"] / seconds, stats["tokens"] / seconds,
-                "; " + "; ".join(notes) if notes else "")
+    console.result_logger.info("wrote %s: %d rows, %d generated in %.1fs (%.1f rows/s, %.0f tokens/s)%s", path,
+                               stats["rows"], stats["generated"], seconds, stats["generated"] / seconds,
+                               stats["tokens"] / seconds, "; " + "; ".join(notes) if notes else "")
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -241,16 +241,22 @@ def save_generation_config(config, folder: Path, file_name: str = "generation_co
     import copy
 
     saved = copy.deepcopy(config)
-    if saved.max_new_tokens is None and saved.max_length is not None:
-        saved.max_new_tokens = max(1, saved.max_length - 1)
-    saved.max_length = None
+    saved.max_new_tokens, saved.max_length = new_tokens(saved), None
     saved.save_pretrained(str(folder), config_file_name=file_name)
+
+
+def new_tokens(config) -> int | None:
+    """The tokens a GenerationConfig lets generate() write: max_new_tokens, else max_length less the decoder's start
+    token (an encoder-decoder's only prompt token); None when it sets neither."""
+    if config.max_new_tokens is not None:
+        return config.max_new_tokens
+    return max(1, config.max_length - 1) if config.max_length is not None else None
 
 
 def decoding_fields(config) -> dict[str, Any]:
     """What a preset decides, for metrics.json, the model card and evaluate --output: its decoding fields and length."""
     fields = {key: getattr(config, key) for key in DECODING_DEFAULTS}
-    fields["max_new_tokens"] = config.max_new_tokens or (max(1, config.max_length - 1) if config.max_length else None)
+    fields["max_new_tokens"] = new_tokens(config)
     return fields
 
 
