@@ -84,7 +84,7 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     logger.info("scoring the final model on %s (preset %s)", " and ".join(scored), final_preset)
     for name in scored:
         metrics[name], predictions[name] = predict_split(trainer, config, task, splits[name])
-    save_outputs(trainer, config, task, metrics, splits, lengths, presets=presets,
+    save_outputs(trainer, config, task, metrics, splits, lengths, presets=presets, final_preset=final_preset,
                  test_predictions=predictions.get("test"), previous_outputs=previous_outputs)
     samples_from = "test" if "test" in predictions else "validation"
     samples = predictions[samples_from][: config.run.num_sample_predictions]
@@ -426,7 +426,7 @@ def predict_split(trainer, config: RunConfig, task: TaskAdapter, split: data_lib
 
 
 def save_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[str, Any], splits, lengths, *,
-                 presets: dict[str, Any], test_predictions: list[dict[str, Any]] | None,
+                 presets: dict[str, Any], final_preset: str, test_predictions: list[dict[str, Any]] | None,
                  previous_outputs: set[str]) -> None:
     """Every final output written whole in a staging folder, then moved into output_dir; metrics.json last.
 
@@ -439,12 +439,14 @@ def save_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[st
             shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
         trainer.save_model(str(staging))  # every rank: sharded saves gather the weights collectively
         if trainer.is_world_process_zero():
-            _write_outputs(trainer, config, task, metrics, splits, lengths, staging, presets, test_predictions)
+            _write_outputs(trainer, config, task, metrics, splits, lengths, staging, presets, final_preset,
+                           test_predictions)
             checkpoints.move_into_place(staging, out, previous_outputs)
 
 
 def _write_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[str, Any], splits, lengths,
-                   staging: Path, presets: dict[str, Any], test_predictions: list[dict[str, Any]] | None) -> None:
+                   staging: Path, presets: dict[str, Any], final: str,
+                   test_predictions: list[dict[str, Any]] | None) -> None:
     from transformers.trainer import TRAINER_STATE_NAME
 
     from .card import run_environment, write_model_card
@@ -452,7 +454,6 @@ def _write_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[
     from .plots import write_plots
     from .presets import decoding_fields, save_generation_config
 
-    final = config.run.preset or task.default_preset  # as resolve_presets chose it
     trainer.state.save_to_json(str(staging / TRAINER_STATE_NAME))  # the loss curve and evaluation history
     # In place of the one save_model wrote (none for an adapter): the final preset, its length as max_new_tokens.
     save_generation_config(presets[final], staging)
