@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import RunConfig, load_config
+from .config.run_config import RunConfig, load_config
 from .errors import ConfigError, DataError, HubError, ModelError, UserError
 
 if TYPE_CHECKING:
-    from .training import TrainResult
+    from .training.run import TrainResult
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "DataError", "HubError", "ModelError", "RunConfig", "UserError", "evaluate", "generate",
@@ -32,7 +32,7 @@ def train(config: RunConfig | dict[str, Any] | str, *, verbosity: str | None = N
     "normal" or "verbose" sets it as the command line's --quiet / --verbose do.
     """
     from .console import library_output, reporting
-    from .training import train as _train
+    from .training.run import train as _train
 
     with reporting(verbosity), library_output("transformers", "datasets"):
         return _train(config)
@@ -43,7 +43,7 @@ def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None, re
          verbosity: str | None = None) -> str:
     """Upload a finished run to the Hub (see `hf-encdec push`); returns the commit URL."""
     from .console import library_output, reporting
-    from .hub import push as _push
+    from .publish.hub import push as _push
 
     with reporting(verbosity), library_output("transformers"):
         return _push(model_dir, repo_id, private=private, revision=revision, commit_message=commit_message,
@@ -52,7 +52,7 @@ def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None, re
 
 def generate(model: Any, inputs: Any, preset: str | None = None, **options: Any) -> Any:
     """Predictions in input order: a list for a list, an iterator for any other iterable."""
-    from .generation import generate as _generate
+    from .generation.generator import generate as _generate
 
     return _generate(model, inputs, preset, **options)
 
@@ -61,7 +61,7 @@ def evaluate(model: str, data: str, preset: str | None = None, *, verbosity: str
              **options: Any) -> dict[str, Any]:
     """Generate for a file with references and return the task's metrics."""
     from .console import library_output, reporting
-    from .jobs import EvaluateOptions, evaluate_file, split_options
+    from .generation.jobs import EvaluateOptions, evaluate_file, split_options
 
     known, overrides = split_options(EvaluateOptions, {"model": model, "data": data, "preset": preset, **options})
     with reporting(verbosity), library_output("transformers"):

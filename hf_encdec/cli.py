@@ -126,7 +126,7 @@ def _report(err: UserError, debug: bool) -> int:
 
 
 def train_command(args: list[str]) -> int:
-    from .config import load_config, parse_overrides
+    from .config.run_config import load_config, parse_overrides
 
     if "-h" in args or "--help" in args:
         print(train_help())
@@ -142,7 +142,7 @@ def train_command(args: list[str]) -> int:
         return launch(launch_options, without_launch_options(args))
 
     from .console import library_output
-    from .training import train
+    from .training.run import train
 
     with library_output("transformers", "datasets"):
         train(config)  # it ends with the summary, and `model saved to DIR` on stdout
@@ -163,7 +163,7 @@ def push_command(args: list[str]) -> int:
     options = parser.parse_args(args)
 
     from .console import library_output
-    from .hub import push
+    from .publish.hub import push
 
     with library_output("transformers"):
         url = push(options.model, options.repo_id, private=True if options.private else None,
@@ -175,7 +175,7 @@ def push_command(args: list[str]) -> int:
 def train_help() -> str:
     import dataclasses
 
-    from .arguments import ALIASES, GROUPS, TRAINING_DEFAULT_NOTES, TRAINING_DEFAULTS
+    from .config.keys import ALIASES, GROUPS, TRAINING_DEFAULT_NOTES, TRAINING_DEFAULTS
 
     lines = ["usage: hf-encdec train [RECIPE.yaml] [--key value ...]", ""]
     for group, cls in GROUPS.items():
@@ -199,8 +199,8 @@ def train_help() -> str:
 
 
 def merge_command(args: list[str]) -> int:
-    from .coercion import coerce
-    from .config import parse_overrides
+    from .config.coercion import coerce
+    from .config.run_config import parse_overrides
 
     usage = "usage: hf-encdec merge --model DIR [--output DIR] [--base ID_OR_DIR]"
     if "-h" in args or "--help" in args:
@@ -215,7 +215,7 @@ def merge_command(args: list[str]) -> int:
     if not options.get("model"):
         raise ConfigError("which run to merge?", key="model", hint="pass --model with the run's output_dir")
 
-    from .adapters import merge_saved
+    from .models.adapters import merge_saved
     from .console import library_output
 
     with library_output("transformers"):
@@ -228,7 +228,7 @@ def generate_command(args: list[str]) -> int:
     parsed = _parse_job(args, "generate", "GenerateOptions")
     if parsed:
         from .console import library_output
-        from .jobs import generate_file
+        from .generation.jobs import generate_file
 
         with library_output("transformers"):
             generate_file(*parsed)
@@ -239,7 +239,7 @@ def evaluate_command(args: list[str]) -> int:
     parsed = _parse_job(args, "evaluate", "EvaluateOptions")
     if parsed:
         from .console import library_output
-        from .jobs import evaluate_file
+        from .generation.jobs import evaluate_file
 
         with library_output("transformers"):
             scores = evaluate_file(*parsed)
@@ -252,8 +252,8 @@ def _parse_job(args: list[str], command: str, class_name: str) -> tuple | None:
     if "-h" in args or "--help" in args:
         print(options_help(command, class_name))
         return None
-    from . import jobs
-    from .config import parse_overrides
+    from .generation import jobs
+    from .config.run_config import parse_overrides
 
     options_class = getattr(jobs, class_name)
     options, overrides = jobs.split_options(options_class, parse_overrides(args))
@@ -263,7 +263,7 @@ def _parse_job(args: list[str], command: str, class_name: str) -> tuple | None:
 def options_help(command: str, class_name: str) -> str:
     import dataclasses
 
-    from . import jobs
+    from .generation import jobs
 
     lines = [f"usage: hf-encdec {command} --key value ...", ""]
     for f in dataclasses.fields(getattr(jobs, class_name)):

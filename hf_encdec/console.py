@@ -375,7 +375,7 @@ def number(value, name: str = "") -> str:
 
 
 def _scores_0_to_100() -> set[str]:
-    from .metrics import METRIC_KEYS  # standard library only: the metric libraries load when scoring
+    from .data.metrics import METRIC_KEYS  # standard library only: the metric libraries load when scoring
 
     return {key for keys in METRIC_KEYS.values() for key in keys}
 

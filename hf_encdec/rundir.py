@@ -13,11 +13,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .data import PARALLEL_PLACEHOLDER
+from .data.reader import PARALLEL_PLACEHOLDER
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from .config.run_config import RunConfig
 
 STAGING_DIR = ".checkpoint-staging"
 FINAL_STAGING_DIR = ".final-staging"

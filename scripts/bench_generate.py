@@ -55,7 +55,7 @@ def build_model(directory: Path, sentences: list[str]) -> Path:
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from hf_encdec.modeling import train_tokenizer
+    from hf_encdec.models.build import train_tokenizer
 
     torch.manual_seed(0)
     tokenizer = train_tokenizer(sentences, 4000, "$A </s>")
@@ -135,7 +135,7 @@ def ours(model, tokenizer, sources, settings, preset, max_tokens, backend="trans
 def ours_ct2(loaded, sources, settings, preset, max_tokens):
     """hf_encdec's windows and ordering over CTranslate2; set up (model converted, Translator built) untimed,
     as for the raw row."""
-    from hf_encdec.generation import _predict_stream, make_generator, resolve_preset
+    from hf_encdec.generation.generator import _predict_stream, make_generator, resolve_preset
 
     overrides = {k: v for k, v in settings.items() if k not in ("num_beams", "early_stopping")}
     config = resolve_preset(loaded, preset, overrides=overrides)
@@ -204,8 +204,8 @@ def main() -> None:
     if args.ct2:
         import ctranslate2
 
-        from hf_encdec.ct2 import converted_model, suppress_sequences
-        from hf_encdec.generation import LoadedModel
+        from hf_encdec.generation.ct2 import converted_model, suppress_sequences
+        from hf_encdec.generation.generator import LoadedModel
 
         loaded = LoadedModel(model, tokenizer, path=str(model_dir))
         converted = converted_model(loaded)

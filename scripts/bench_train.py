@@ -48,8 +48,8 @@ def read_pairs(split: str, limit: int, long_share: float, seed: int) -> list[tup
 
 
 def build_model_and_tokenizer(pairs, longest: int):
-    from hf_encdec.arguments import ModelArguments
-    from hf_encdec.modeling import build_scratch
+    from hf_encdec.config.keys import ModelArguments
+    from hf_encdec.models.build import build_scratch
 
     sizes = {"architecture": "marian", "d_model": 128, "encoder_layers": 2, "decoder_layers": 2,
              "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 512,
@@ -89,7 +89,7 @@ class CountingCollator:
 def trainer_args(args, output_dir: str, **extra):
     from transformers import Seq2SeqTrainingArguments
 
-    from hf_encdec.trainer import EncDecTrainingArguments
+    from hf_encdec.training.trainer import EncDecTrainingArguments
 
     return (EncDecTrainingArguments if extra else Seq2SeqTrainingArguments)(
         output_dir=output_dir, num_train_epochs=1, per_device_train_batch_size=args.batch_size,
@@ -114,7 +114,7 @@ def bare_loop(model, args, dataset, collator, batches) -> float:
     import torch
     from transformers import get_scheduler
 
-    from hf_encdec.trainer import token_level_loss
+    from hf_encdec.training.trainer import token_level_loss
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
     schedule = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(args.warmup * len(batches)),
@@ -170,8 +170,8 @@ def main() -> None:
     import torch
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, default_data_collator
 
-    from hf_encdec.sampling import TokenBudgetBatchSampler, dataset_lengths
-    from hf_encdec.trainer import EncDecTrainer, token_level_loss
+    from hf_encdec.training.samplers import TokenBudgetBatchSampler, dataset_lengths
+    from hf_encdec.training.trainer import EncDecTrainer, token_level_loss
 
     torch.set_num_threads(args.threads)
     train_pairs = read_pairs("train", args.train_rows, args.long_share, args.seed)

@@ -98,7 +98,7 @@ class BatchShapes:
         self.lengths: list[int] = []
 
     def __enter__(self):
-        from hf_encdec.trainer import EncDecTrainer
+        from hf_encdec.training.trainer import EncDecTrainer
 
         self.original = EncDecTrainer.training_step
         shapes = self
@@ -111,7 +111,7 @@ class BatchShapes:
         return self
 
     def __exit__(self, *exc):
-        from hf_encdec.trainer import EncDecTrainer
+        from hf_encdec.training.trainer import EncDecTrainer
 
         EncDecTrainer.training_step = self.original
 

@@ -27,9 +27,9 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from hf_encdec.adapters import apply_peft
-from hf_encdec.arguments import AdapterArguments
-from hf_encdec.modeling import count_parameters
+from hf_encdec.models.adapters import apply_peft
+from hf_encdec.config.keys import AdapterArguments
+from hf_encdec.models.build import count_parameters
 
 
 def _pair(decoder_config):

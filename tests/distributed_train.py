@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from hf_encdec import training
+from hf_encdec.training import run as training
 
 
 class WeightDigest(TrainerCallback):

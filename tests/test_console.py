@@ -211,10 +211,10 @@ def test_plain_progress_prints_each_tenth_at_most_every_30_seconds(monkeypatch, 
 def test_a_long_run_gets_one_estimated_duration_line(monkeypatch, caplog):
     from types import SimpleNamespace
 
-    from hf_encdec.trainer import ConsoleCallback, TokenCount
+    from hf_encdec.training.trainer import ConsoleCallback, TokenCount
 
     clock = [0.0]
-    monkeypatch.setattr("hf_encdec.trainer.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("hf_encdec.training.trainer.time.perf_counter", lambda: clock[0])
     args = SimpleNamespace(disable_tqdm=True, eval_strategy="steps", world_size=1)
     state = SimpleNamespace(global_step=0, max_steps=1000, is_world_process_zero=True, epoch=0.0)
     callback = ConsoleCallback(TokenCount())

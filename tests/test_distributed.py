@@ -118,9 +118,9 @@ def test_every_trainable_weight_of_a_pair_gets_a_gradient(peft, tiny_pair_models
     """What DDP without an unused-parameter search (our default) needs; BERT's pooler feeds nothing."""
     import torch
 
-    from hf_encdec.config import load_config
-    from hf_encdec.tasks import get_task
-    from hf_encdec.training import build_model, load_splits
+    from hf_encdec.config.run_config import load_config
+    from hf_encdec.data.tasks import get_task
+    from hf_encdec.training.run import build_model, load_splits
 
     config = load_config(None, {"encoder_name_or_path": str(tiny_pair_models["bert"]), "peft": peft,
                                 "decoder_name_or_path": str(tiny_pair_models["gpt2"]),
