@@ -170,8 +170,8 @@ def main() -> None:
     import torch
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, default_data_collator
 
-    from hf_encdec.training.samplers import TokenBudgetBatchSampler, dataset_lengths
-    from hf_encdec.training.trainer import EncDecTrainer, token_level_loss
+    from hf_encdec.training.samplers import TokenBudgetBatchSampler
+    from hf_encdec.training.trainer import EncDecTrainer, dataset_lengths, token_level_loss
 
     torch.set_num_threads(args.threads)
     train_pairs = read_pairs("train", args.train_rows, args.long_share, args.seed)

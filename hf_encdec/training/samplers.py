@@ -15,11 +15,14 @@ has nothing like fairseq's `--max-tokens` (transformers #10512, #34406). Here:
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from ..batching import cut_batches
 
 logger = logging.getLogger("hf_encdec.sampling")
 
@@ -122,30 +125,15 @@ class TokenBudgetBatchSampler:
         mean_cost = max(1.0, float((self.source_lengths + self.target_lengths).mean())) if count else 1.0
         window = max(1, int(WINDOW_BATCHES * self.max_tokens / mean_cost))
         order = rng.permutation(count)
+        lengths = [self.source_lengths.tolist(), self.target_lengths.tolist()]
+        cost = functools.partial(batch_cost, pad_multiple=self.pad_multiple)
         batches: list[list[int]] = []
         for start in range(0, count, window):
             part = order[start:start + window]
             source, target = self.source_lengths[part], self.target_lengths[part]
             # Longest first by the longer side, then by total: of the orders tried on Multi30k, the least padding.
             part = part[np.lexsort((-(source + target), -np.maximum(source, target)))]
-            batches.extend(self._cut_sorted(part.tolist()))
-        return batches
-
-    def _cut_sorted(self, indices: list[int]) -> list[list[int]]:
-        batches: list[list[int]] = []
-        batch: list[int] = []
-        longest_source = longest_target = 0
-        for index in indices:
-            source = max(longest_source, int(self.source_lengths[index]))
-            target = max(longest_target, int(self.target_lengths[index]))
-            if batch and batch_cost(len(batch) + 1, source, target, self.pad_multiple) > self.max_tokens:
-                batches.append(batch)
-                batch = []
-                source, target = int(self.source_lengths[index]), int(self.target_lengths[index])
-            batch.append(index)
-            longest_source, longest_target = source, target
-        if batch:
-            batches.append(batch)
+            batches.extend(cut_batches(part.tolist(), lengths, cost, max_cost=self.max_tokens))
         return batches
 
 
@@ -258,71 +246,3 @@ def batching_report(strategy: str, source_lengths: Sequence[int], target_lengths
         random = expected_padding("random", source_lengths, target_lengths, **common)
         line += "" if random is None else f" (random batches of {batch_size}: {100 * random:.1f}%)"
     return line
-
-# ----------------------------------------------------------------------------- Trainer hooks (trainer.py)
-
-
-def dataset_lengths(dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(source, target) token counts of a tokenized dataset: its `input_ids` and `labels` rows."""
-    import datasets
-
-    if isinstance(dataset, datasets.Dataset):
-        import pyarrow.compute as pc
-
-        table = dataset.with_format("arrow")[:]  # honours select()/shuffle() index mappings
-
-        def lengths(column: str) -> np.ndarray:
-            if column not in table.column_names:
-                return np.zeros(len(table), dtype=np.int64)
-            return pc.list_value_length(table[column]).to_numpy(zero_copy_only=False).astype(np.int64)
-
-        return lengths("input_ids"), lengths("labels")
-    rows = [dataset[i] for i in range(len(dataset))]
-    return (np.array([len(row.get("input_ids", ())) for row in rows], dtype=np.int64),
-            np.array([len(row.get("labels", ())) for row in rows], dtype=np.int64))
-
-
-def token_budget_dataloader(trainer, dataset, max_tokens: int):
-    """The Trainer's training DataLoader, with token-budget batches instead of a fixed batch size."""
-    from functools import partial
-
-    from torch.utils.data import DataLoader
-    from transformers.trainer_utils import seed_worker
-
-    args = trainer.args
-    dataset = trainer._remove_unused_columns(dataset, description="training")
-    sampler = TokenBudgetBatchSampler(
-        *dataset_lengths(dataset), max_tokens, seed=args.data_seed if args.data_seed is not None else args.seed,
-        num_replicas=max(1, args.world_size), accumulation_steps=args.gradient_accumulation_steps,
-        pad_multiple=getattr(trainer.data_collator, "pad_to_multiple_of", None) or 1)
-    logger.info("token-budget batches: %d a epoch of at most %d padded tokens, %.1f%% padding", len(sampler),
-                max_tokens, 100 * sampler.padding_fraction())
-    # Trainer._get_dataloader's settings, with a batch_sampler in place of batch_size and sampler.
-    loader = DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=trainer.data_collator, num_workers=args.dataloader_num_workers,
-        pin_memory=args.dataloader_pin_memory, persistent_workers=args.dataloader_persistent_workers,
-        multiprocessing_context=args.dataloader_multiprocessing_context,
-        prefetch_factor=args.dataloader_prefetch_factor, in_order=args.dataloader_in_order,
-        worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index))
-    return trainer.accelerator.prepare(loader), sampler
-
-
-def length_grouped_sampler(trainer, dataset):
-    """transformers' LengthGroupedSampler on max(source, target) length; by itself it reads sources only."""
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    source, target = dataset_lengths(dataset)
-    return LengthGroupedSampler(trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps,
-                                lengths=np.maximum(source, target).tolist())
-
-
-def find_length_sorted_sampler(dataloader) -> LengthSortedSampler | None:
-    """The LengthSortedSampler under a (possibly accelerate-wrapped) DataLoader, if there is one."""
-    node = dataloader
-    for _ in range(6):  # DataLoaderShard -> BatchSamplerShard -> BatchSampler -> sampler
-        if isinstance(node, LengthSortedSampler):
-            return node
-        node = getattr(node, "batch_sampler", None) or getattr(node, "sampler", None)
-        if node is None:
-            return None
-    return None

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
 from . import checkpoints, samplers
@@ -264,16 +265,44 @@ class EncDecTrainer(Seq2SeqTrainer):
         max_tokens = getattr(self.args, "max_tokens", None)
         if self.args.train_sampling_strategy != "token_budget" or self.train_dataset is None or not max_tokens:
             return super().get_train_dataloader()
-        loader, sampler = samplers.token_budget_dataloader(self, self.train_dataset, max_tokens)
+        loader, sampler = self._token_budget_dataloader(self.train_dataset, max_tokens)
         self.remove_callback(_SamplerEpoch)
         self.add_callback(_SamplerEpoch(sampler))
         return loader
 
+    def _token_budget_dataloader(self, dataset, max_tokens: int):
+        """The training DataLoader, with token-budget batches instead of a fixed batch size."""
+        from torch.utils.data import DataLoader
+        from transformers.trainer_utils import seed_worker
+
+        args = self.args
+        dataset = self._remove_unused_columns(dataset, description="training")
+        sampler = samplers.TokenBudgetBatchSampler(
+            *dataset_lengths(dataset), max_tokens, seed=args.data_seed if args.data_seed is not None else args.seed,
+            num_replicas=max(1, args.world_size), accumulation_steps=args.gradient_accumulation_steps,
+            pad_multiple=getattr(self.data_collator, "pad_to_multiple_of", None) or 1)
+        samplers.logger.info("token-budget batches: %d a epoch of at most %d padded tokens, %.1f%% padding",
+                             len(sampler), max_tokens, 100 * sampler.padding_fraction())
+        # Trainer._get_dataloader's settings, with a batch_sampler in place of batch_size and sampler.
+        loader = DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory, persistent_workers=args.dataloader_persistent_workers,
+            multiprocessing_context=args.dataloader_multiprocessing_context,
+            prefetch_factor=args.dataloader_prefetch_factor, in_order=args.dataloader_in_order,
+            worker_init_fn=functools.partial(seed_worker, num_workers=args.dataloader_num_workers,
+                                             rank=args.process_index))
+        return self.accelerator.prepare(loader), sampler
+
     def _get_train_sampler(self, train_dataset=None):
-        # The library's group_by_length groups by source length only; seq2seq batches pad targets too.
+        # The library's group_by_length groups by source length only; seq2seq batches pad targets too:
+        # its LengthGroupedSampler, on max(source, target) length.
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "__len__"):
-            return samplers.length_grouped_sampler(self, dataset)
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            source, target = dataset_lengths(dataset)
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=np.maximum(source, target).tolist())
         return super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset):
@@ -281,7 +310,7 @@ class EncDecTrainer(Seq2SeqTrainer):
         if eval_dataset is None or not hasattr(eval_dataset, "__len__") or self.args.batch_eval_metrics \
                 or not self.args.eval_do_concat_batches:
             return super()._get_eval_sampler(eval_dataset)
-        return samplers.LengthSortedSampler(*samplers.dataset_lengths(eval_dataset))
+        return samplers.LengthSortedSampler(*dataset_lengths(eval_dataset))
 
     def evaluation_loop(self, dataloader, *args, **kwargs):
         # Seq2SeqTrainer.evaluate()/predict() gather with `accelerator.gather`, which keeps the rows
@@ -289,7 +318,7 @@ class EncDecTrainer(Seq2SeqTrainer):
         # came back as 16. `gather_for_metrics` drops them, so every example is scored exactly once.
         self.gather_function = functools.partial(self.accelerator.gather_for_metrics,
                                                  use_gather_object=self.args.eval_use_gather_object)
-        sampler = samplers.find_length_sorted_sampler(dataloader)
+        sampler = find_length_sorted_sampler(dataloader)
         if sampler is None:
             return super().evaluation_loop(dataloader, *args, **kwargs)
         compute_metrics = self.compute_metrics
@@ -308,3 +337,35 @@ def _in_input_order(prediction, order):
 
     return EvalPrediction(**{name: samplers.in_input_order(getattr(prediction, name), order)
                              for name in ("predictions", "label_ids", "inputs", "losses")})
+
+
+def dataset_lengths(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(source, target) token counts of a tokenized dataset: its `input_ids` and `labels` rows."""
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset):
+        import pyarrow.compute as pc
+
+        table = dataset.with_format("arrow")[:]  # honours select()/shuffle() index mappings
+
+        def lengths(column: str) -> np.ndarray:
+            if column not in table.column_names:
+                return np.zeros(len(table), dtype=np.int64)
+            return pc.list_value_length(table[column]).to_numpy(zero_copy_only=False).astype(np.int64)
+
+        return lengths("input_ids"), lengths("labels")
+    rows = [dataset[i] for i in range(len(dataset))]
+    return (np.array([len(row.get("input_ids", ())) for row in rows], dtype=np.int64),
+            np.array([len(row.get("labels", ())) for row in rows], dtype=np.int64))
+
+
+def find_length_sorted_sampler(dataloader) -> samplers.LengthSortedSampler | None:
+    """The LengthSortedSampler under a (possibly accelerate-wrapped) DataLoader, if there is one."""
+    node = dataloader
+    for _ in range(6):  # DataLoaderShard -> BatchSamplerShard -> BatchSampler -> sampler
+        if isinstance(node, samplers.LengthSortedSampler):
+            return node
+        node = getattr(node, "batch_sampler", None) or getattr(node, "sampler", None)
+        if node is None:
+            return None
+    return None

@@ -40,6 +40,37 @@ def test_every_example_exactly_once_per_epoch_within_the_budget(max_tokens, seed
             assert cost(batch, source, target) <= max_tokens or len(batch) == 1
 
 
+def _windows_cut_greedily(source, target, max_tokens, seed, pad_multiple):
+    """The sampler's plan as it was cut before batching.cut_batches served it: each sorted window by hand."""
+    source, target = np.asarray(source), np.asarray(target)
+    window = max(1, int(3 * max_tokens / max(1.0, float((source + target).mean()))))
+    order = np.random.default_rng([seed, 0, 0]).permutation(len(source))
+    batches = []
+    for start in range(0, len(order), window):
+        part = order[start:start + window]
+        part = part[np.lexsort((-(source[part] + target[part]), -np.maximum(source[part], target[part])))]
+        batch, longest_source, longest_target = [], 0, 0
+        for index in part.tolist():
+            widest_source, widest_target = max(longest_source, source[index]), max(longest_target, target[index])
+            if batch and batch_cost(len(batch) + 1, widest_source, widest_target, pad_multiple) > max_tokens:
+                batches.append(batch)
+                batch, widest_source, widest_target = [], source[index], target[index]
+            batch.append(index)
+            longest_source, longest_target = widest_source, widest_target
+        batches.append(batch)
+    return batches
+
+
+@pytest.mark.parametrize("max_tokens, pad_multiple", [(40, 1), (256, 1), (256, 8), (1500, 8)])
+@pytest.mark.parametrize("seed", [0, 5])
+def test_the_shared_cutter_cuts_the_batches_the_sampler_cut_by_itself(max_tokens, pad_multiple, seed):
+    rng = random.Random(seed)
+    source = [rng.randint(1, 90) for _ in range(700)]
+    target = [rng.randint(1, 120) for _ in range(700)]
+    sampler = TokenBudgetBatchSampler(source, target, max_tokens, seed=seed, pad_multiple=pad_multiple)
+    assert sampler.plan == _windows_cut_greedily(source, target, max_tokens, seed, pad_multiple)
+
+
 def test_an_example_over_the_budget_gets_a_batch_of_its_own(caplog):
     source, target = [4] * 30 + [90], [4] * 30 + [80]
     with caplog.at_level(logging.WARNING, logger="hf_encdec.sampling"):
@@ -180,7 +211,7 @@ def test_predictions_come_back_in_dataset_order_though_generated_longest_first(t
     dataset = _dataset(20, seed=3)
     trainer, _ = _tiny_trainer(tmp_path, dataset, per_device_eval_batch_size=3, predict_with_generate=True,
                                generation_max_length=5)
-    from hf_encdec.training.samplers import find_length_sorted_sampler
+    from hf_encdec.training.trainer import find_length_sorted_sampler
 
     order = find_length_sorted_sampler(trainer.get_test_dataloader(dataset)).order
     lengths = [len(r) + len(t) for r, t in zip(dataset["input_ids"], dataset["labels"])]
