@@ -6,11 +6,14 @@ has nothing like fairseq's `--max-tokens` (transformers #10512, #34406). Here:
 
 - `TokenBudgetBatchSampler` cuts batches so that each costs at most `max_tokens` padded tokens,
   source and target together: `len(batch) * (longest source + longest target)`, the size of the
-  encoder input plus the decoder input in the padded tensors. Short examples share large batches,
-  long ones small batches. It never drops an example (fairseq's `batch_by_size` does, its issues
-  #5036, #5351): one longer than the budget gets a batch of its own.
+  encoder input plus the decoder input in the padded tensors; `batching.cut_batches` cuts by that
+  cost. Short examples share large batches, long ones small batches. It never drops an example
+  (fairseq's `batch_by_size` does, its issues #5036, #5351): one longer than the budget gets a
+  batch of its own.
 - `LengthSortedSampler` orders evaluation and prediction longest first, so each generate() call
   pads little; `in_input_order` puts the predictions back in the order of the dataset.
+
+Index logic over lengths only: the Trainer hooks that build them from a dataset are in trainer.py.
 """
 
 from __future__ import annotations
