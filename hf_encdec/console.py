@@ -23,7 +23,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import ExitStack, contextmanager
 
 LOGGER = "hf_encdec"
@@ -351,8 +351,12 @@ VALUE_FORMATS = {"learning_rate": "{:.2e}", "epoch": "{:.2f}"}
 TIMING_SUFFIXES = ("runtime", "samples_per_second", "steps_per_second", "tokens_per_second")
 
 
-def number(value, name: str = "") -> str:
-    """A value rounded for reading: 4 significant digits or so, whole numbers whole."""
+def number(value, name: str = "", score_names: Collection[str] = ()) -> str:
+    """A value rounded for reading: 4 significant digits or so, whole numbers whole.
+
+    `score_names`: the scores of the run's metrics (0-100, sacreBLEU's scale), given by the caller:
+    the metrics are a wing above this module.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return str(value)
     if isinstance(value, numbers.Integral):
@@ -360,7 +364,7 @@ def number(value, name: str = "") -> str:
     value = float(value)
     if name in VALUE_FORMATS:
         return VALUE_FORMATS[name].format(value)
-    if name in _scores_0_to_100():  # two decimals, as sacreBLEU prints them: eval lines align line to line
+    if name in score_names:  # two decimals, as sacreBLEU prints them: eval lines align line to line
         return f"{value:.2f}"
     magnitude = abs(value)
     if not math.isfinite(value):
@@ -372,12 +376,6 @@ def number(value, name: str = "") -> str:
     if magnitude >= 0.01 or value == 0:
         return f"{value:.3f}"
     return f"{value:.2e}"
-
-
-def _scores_0_to_100() -> set[str]:
-    from .data.metrics import METRIC_KEYS  # standard library only: the metric libraries load when scoring
-
-    return {key for keys in METRIC_KEYS.values() for key in keys}
 
 
 def count(value: float) -> str:
@@ -443,23 +441,23 @@ def _logged(logs: dict, keys: list[str], tokens_per_second: float | None) -> lis
     return parts
 
 
-def eval_line(step: int, max_steps: int, metrics: dict) -> str:
+def eval_line(step: int, max_steps: int, metrics: dict, score_names: Collection[str] = ()) -> str:
     """`eval   step  200/1500  epoch 1.06  loss 1.633  exact_match 0.20  chrf 22.32  gen_len 10.69  13.3s`"""
     runtime_key = next((key for key in metrics if key.endswith("_runtime")), "eval_runtime")
     prefix = runtime_key.removesuffix("runtime")
     parts = ["eval ", step_field(step, max_steps)]
     if metrics.get("epoch") is not None:
         parts.append(f"epoch {number(metrics['epoch'], 'epoch')}")
-    parts += [f"{key} {number(value, key)}" for key, value in scores(metrics, prefix).items()]
+    parts += [f"{key} {number(value, key, score_names)}" for key, value in scores(metrics, prefix).items()]
     if runtime_key in metrics:
         parts.append(duration(metrics[runtime_key]) if metrics[runtime_key] >= 60 else f"{metrics[runtime_key]:.1f}s")
     return "  ".join(parts)
 
 
-def table(rows: dict[str, dict]) -> list[str]:
+def table(rows: dict[str, dict], score_names: Collection[str] = ()) -> list[str]:
     """Metrics per split as aligned columns: a header of metric names, one row per split."""
     names = list(dict.fromkeys(name for metrics in rows.values() for name in metrics))
-    cells = {split: [number(metrics[name], name) if name in metrics else "-" for name in names]
+    cells = {split: [number(metrics[name], name, score_names) if name in metrics else "-" for name in names]
              for split, metrics in rows.items()}
     widths = [max(len(name), *(len(values[i]) for values in cells.values())) for i, name in enumerate(names)]
     first = max(len(split) for split in rows)
@@ -470,7 +468,7 @@ def table(rows: dict[str, dict]) -> list[str]:
 
 
 def summary(train_log: dict, final_scores: dict[str, dict], samples: list[dict], samples_from: str,
-            seconds: float) -> str:
+            seconds: float, score_names: Collection[str] = ()) -> str:
     """The end of a run in a few lines: what ran and for how long, the final scores, a few predictions."""
     head = f"finished in {duration(seconds)}"
     if "train_runtime" in train_log:
@@ -481,7 +479,7 @@ def summary(train_log: dict, final_scores: dict[str, dict], samples: list[dict],
     lines = [head + ": " + ", ".join(part for part in done if part)] if any(done) else [head]
     rows = {split: scores(metrics) for split, metrics in final_scores.items() if scores(metrics)}
     if rows:
-        lines += table(rows)
+        lines += table(rows, score_names)
     if samples:
         lines.append(f"{samples_from} predictions, the first {len(samples)}:")
         lines += [f"  {s['source']!r} -> {s['prediction']!r} (reference {s['reference']!r})" for s in samples]

@@ -92,8 +92,10 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     samples = predictions[samples_from][: config.run.num_sample_predictions]
     hub_url = hub.push_after_training(config.output_dir, hub_target) if hub_target else None
     if trainer.is_world_process_zero():  # every process ran the run; one tells how it went
+        from .trainer import metric_scores
+
         logger.info("%s", console.summary(metrics["train"], {name: metrics[name] for name in scored}, samples,
-                                          samples_from, time.perf_counter() - started))
+                                          samples_from, time.perf_counter() - started, metric_scores()))
         console.result_logger.info("model saved to %s", config.output_dir)
         if hub_url:
             console.result_logger.info("pushed to %s", hub_url)

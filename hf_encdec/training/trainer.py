@@ -16,6 +16,7 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallba
 
 from . import checkpoints, samplers
 from .. import console
+from ..data.metrics import METRIC_KEYS
 from ..models.decoding import decoding_kwargs
 
 logger = logging.getLogger("hf_encdec.train")
@@ -79,6 +80,11 @@ class TokenCount:
     def take(self) -> int:
         taken, self.pending = int(self.pending), 0
         return taken
+
+
+def metric_scores() -> set[str]:
+    """Every score the registered metrics report, which the console prints with two decimals as sacreBLEU does."""
+    return {key for keys in METRIC_KEYS.values() for key in keys}
 
 
 class ConsoleCallback(TrainerCallback):
@@ -159,7 +165,7 @@ class ConsoleCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self._close_prediction_bar()
         if state.is_world_process_zero and metrics:
-            logger.info("%s", console.eval_line(state.global_step, state.max_steps, metrics))
+            logger.info("%s", console.eval_line(state.global_step, state.max_steps, metrics, metric_scores()))
 
     def on_predict(self, args, state, control, metrics=None, **kwargs):
         self._close_prediction_bar()  # final scores: the end summary shows them
