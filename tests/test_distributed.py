@@ -120,14 +120,14 @@ def test_every_trainable_weight_of_a_pair_gets_a_gradient(peft, tiny_pair_models
 
     from hf_encdec.config.run_config import load_config
     from hf_encdec.data.tasks import get_task
-    from hf_encdec.training.run import build_model, load_splits
+    from hf_encdec.training.run import load_splits, model_to_train
 
     config = load_config(None, {"encoder_name_or_path": str(tiny_pair_models["bert"]), "peft": peft,
                                 "decoder_name_or_path": str(tiny_pair_models["gpt2"]),
                                 "train_file": str(pair_files["train"]), "output_dir": str(tmp_path / "x")})
     task = get_task("text2text")
     train = load_splits(config, task)["train"]
-    tokenizer, model = build_model(config, task, train)
+    tokenizer, model = model_to_train(config, task, train)
     batch = tokenizer(train.sources[:4], return_tensors="pt", padding=True)
     targets = tokenizer(text_target=train.targets[:4])["input_ids"]
     width = max(map(len, targets))

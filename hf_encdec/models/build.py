@@ -1,18 +1,21 @@
-"""Build the tokenizer and model: a pretrained checkpoint, or a fresh one trained from scratch.
+"""Build the tokenizer and model: a pretrained checkpoint, a warm-started pair, or a fresh one trained from scratch.
 
-The model builder knows nothing about files or training: it gets model arguments and, for
-a from-scratch model, the texts to train a tokenizer on.
+`build_model` chooses which from the model arguments. The model builder knows nothing about
+files or training: it gets model arguments and, for a from-scratch model, the texts to train a
+tokenizer on.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
+from . import warm_start
 from .. import console
 from ..errors import ConfigError, ModelError, did_you_mean
+from .sources import hub_kwargs, tokenizer_source
 
 logger = logging.getLogger("hf_encdec.modeling")
 
@@ -71,26 +74,14 @@ def model_type_of(model_args: Any) -> str:
 
     if model_args.model_config is not None:
         return scratch_architecture(model_args.model_config)[0]
-    if model_args.encoder_name_or_path is not None:
-        from .warm_start import load_configs
-
-        load_configs(model_args)
+    if warm_start.is_warm_start(model_args):
+        warm_start.load_configs(model_args)
         tokenizer_folder(*tokenizer_source(model_args))
         tokenizer_folder(model_args.decoder_name_or_path, "decoder_name_or_path")
         return "encoder-decoder"
     model_type = load_pretrained_config(model_args).model_type
     tokenizer_folder(*tokenizer_source(model_args))
     return model_type
-
-
-def tokenizer_source(model_args: Any, key: str = "model_name_or_path") -> tuple[str, str]:
-    """Where the (encoder's) tokenizer comes from, and the key that named it: tokenizer_name, else the model
-    (`key`), or a warm-started pair's encoder."""
-    if model_args.tokenizer_name:
-        return model_args.tokenizer_name, "tokenizer_name"
-    if model_args.encoder_name_or_path is not None:
-        return model_args.encoder_name_or_path, "encoder_name_or_path"
-    return model_args.model_name_or_path, key
 
 
 def check_precision(model_type: str, training: dict[str, Any]) -> None:
@@ -141,12 +132,31 @@ def check_scratch_config(model_config: dict[str, Any]) -> None:
             raise ConfigError(f"must be >= 0, got {value}", key=f"model_config.{key}")
 
 
+def build_model(model_args: Any, quantization_config: Any = None, *,
+                tokenizer_texts: Callable[[], list[str]] = list, max_positions: int = 0):
+    """Tokenizer and model as the model arguments ask: built from scratch (model_config), a warm-started pair
+    (encoder_name_or_path), else a pretrained checkpoint (quantized for QLoRA).
+
+    A from-scratch model trains its tokenizer on `tokenizer_texts()` (called for it alone) and holds
+    sequences of `max_positions` tokens.
+    """
+    if model_args.model_config is not None:
+        return build_scratch(model_args, tokenizer_texts(), max_positions)
+    if not warm_start.is_warm_start(model_args):
+        return load_pretrained(model_args, quantization_config)
+    tokenizer, model = warm_start.load_warm_start(model_args, quantization_config)
+    parts = warm_start.describe(model, model_args)
+    random = [f"{part} (unused, frozen)" if part in parts["unused"] else part for part in parts["random_init"]]
+    logger.info("warm start: encoder %s and decoder %s are pretrained; starting random: %s", parts["encoder"],
+                parts["decoder"], ", ".join(random))
+    return tokenizer, model
+
+
 def load_pretrained_config(model_args: Any, key: str = "model_name_or_path"):
     from .loading import load_config
 
     name = model_args.model_name_or_path
-    config = load_config(name, key=key, revision=model_args.model_revision, token=model_args.token,
-                         cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
+    config = load_config(name, key=key, **hub_kwargs(model_args))
     if not getattr(config, "is_encoder_decoder", False):
         raise ModelError(
             f"{name!r} is a {config.model_type} model, not an encoder-decoder",
@@ -163,8 +173,7 @@ def load_pretrained(model_args: Any, quantization_config: Any = None, *, key: st
     from .loading import load_model, load_tokenizer
 
     config = load_pretrained_config(model_args, key)
-    common = {"revision": model_args.model_revision, "token": model_args.token, "cache_dir": model_args.cache_dir,
-              "trust_remote_code": model_args.trust_remote_code}
+    common = hub_kwargs(model_args)
     tokenizer_name, tokenizer_key = tokenizer_source(model_args, key)
     tokenizer = load_tokenizer(tokenizer_name, key=tokenizer_key, use_fast=model_args.use_fast_tokenizer, **common)
     if tokenizer.pad_token is None:

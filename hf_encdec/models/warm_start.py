@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelError
+from .sources import hub_kwargs, tokenizer_source
 
 logger = logging.getLogger("hf_encdec.warm_start")
 
@@ -28,11 +29,6 @@ def is_warm_start(model_args: Any) -> bool:
     return model_args.encoder_name_or_path is not None
 
 
-def _hub_kwargs(model_args: Any) -> dict[str, Any]:
-    return {"revision": model_args.model_revision, "token": model_args.token, "cache_dir": model_args.cache_dir,
-            "trust_remote_code": model_args.trust_remote_code}
-
-
 def load_configs(model_args: Any) -> tuple[Any, Any]:
     """Encoder and decoder configs (no weights), checked to suit their roles: cheap enough for validation."""
     from .loading import load_config
@@ -40,7 +36,7 @@ def load_configs(model_args: Any) -> tuple[Any, Any]:
     configs = []
     for key in ("encoder_name_or_path", "decoder_name_or_path"):
         name = getattr(model_args, key)
-        config = load_config(name, key=key, **_hub_kwargs(model_args))
+        config = load_config(name, key=key, **hub_kwargs(model_args))
         if getattr(config, "is_encoder_decoder", False):
             raise ModelError(f"{name!r} is already an encoder-decoder ({config.model_type})", key=key,
                              hint="fine-tune it with model_name_or_path instead")
@@ -107,8 +103,6 @@ class PairTokenizer:
 
 def load_warm_start(model_args: Any, quantization_config: Any = None):
     """A PairTokenizer and an EncoderDecoderModel with its special tokens wired and its random weights found."""
-    from .build import tokenizer_source
-
     load_configs(model_args)
     encoder_tokenizer = _tokenizer(*tokenizer_source(model_args), model_args)
     if encoder_tokenizer.pad_token is None:
@@ -152,7 +146,7 @@ def _load_pair(model_args: Any, quantization_config: Any) -> tuple[Any, set[str]
             name = getattr(model_args, f"{part}_name_or_path")
             loading = weights_loading(name, model_args.allow_pickle, key=f"{part}_name_or_path")
             halves[part], info = loader.from_pretrained(name, config=config, output_loading_info=True,
-                                                        **_hub_kwargs(model_args), **loading, **quantization)
+                                                        **hub_kwargs(model_args), **loading, **quantization)
             missing.update(f"{part}.{key}" for key in info["missing_keys"])
         model = EncoderDecoderModel(encoder=halves["encoder"], decoder=halves["decoder"])
     # Weights of the pair itself (enc_to_dec_proj) come from no checkpoint.
@@ -196,7 +190,7 @@ def freeze_pooler(model: Any) -> None:
 def _tokenizer(name: str, key: str, model_args: Any):
     from .loading import load_tokenizer
 
-    return load_tokenizer(name, key=key, use_fast=model_args.use_fast_tokenizer, **_hub_kwargs(model_args))
+    return load_tokenizer(name, key=key, use_fast=model_args.use_fast_tokenizer, **hub_kwargs(model_args))
 
 
 def special_token_ids(tokenizer: Any) -> dict[str, int]:

@@ -22,13 +22,12 @@ from ..models.adapters import apply_peft, quantization_config, save_merged
 from ..config.run_config import RunConfig, load_config
 from ..errors import ConfigError
 from ..models.build import (
-    build_scratch,
+    build_model,
     check_lengths,
     check_precision,
     count_parameters,
     fit_default_lengths,
     keep_start_embedding_zero,
-    load_pretrained,
     model_type_of,
 )
 from ..config.presets import load_user_presets, make_preset, preset_names, save_presets
@@ -60,7 +59,7 @@ def train(config: RunConfig | dict[str, Any] | str) -> TrainResult:
     hub_target = hub.check_push_access(config) if config.training.get("push_to_hub") else None
 
     splits = load_splits(config, task)
-    tokenizer, model = build_model(config, task, splits["train"], quantization)
+    tokenizer, model = model_to_train(config, task, splits["train"], quantization)
     generation_settings = task.configure_tokenizer(tokenizer, config.data)
     fit_default_lengths(model, config.data, config.given)  # before run_config.yaml records the lengths
     check_lengths(model, config.data.max_source_length, config.data.max_target_length, tokenizer=tokenizer)
@@ -253,21 +252,14 @@ def _hub_split_exists(d: Any, split: str) -> bool:
         return False
 
 
-def build_model(config: RunConfig, task: TaskAdapter, train: data_lib.Split, quantization=None):
-    from ..models.warm_start import describe, is_warm_start, load_warm_start
+def model_to_train(config: RunConfig, task: TaskAdapter, train: data_lib.Split, quantization=None):
+    """The model builder's tokenizer and model, made ready to train: Marian's start embedding kept zero, LoRA."""
 
-    if config.model.model_config is not None:
-        texts = task.source_texts(train.sources, config.data.source_prefix) + train.targets
-        longest = max(config.data.max_source_length, config.data.max_target_length)
-        tokenizer, model = build_scratch(config.model, texts, longest)
-    elif is_warm_start(config.model):
-        tokenizer, model = load_warm_start(config.model, quantization)
-        parts = describe(model, config.model)
-        random = [f"{part} (unused, frozen)" if part in parts["unused"] else part for part in parts["random_init"]]
-        logger.info("warm start: encoder %s and decoder %s are pretrained; starting random: %s", parts["encoder"],
-                    parts["decoder"], ", ".join(random))
-    else:
-        tokenizer, model = load_pretrained(config.model, quantization)
+    def tokenizer_texts() -> list[str]:
+        return task.source_texts(train.sources, config.data.source_prefix) + train.targets
+
+    longest = max(config.data.max_source_length, config.data.max_target_length)
+    tokenizer, model = build_model(config.model, quantization, tokenizer_texts=tokenizer_texts, max_positions=longest)
     keep_start_embedding_zero(model)
     if config.adapter.peft:
         model = apply_peft(model, config.adapter, config.gradient_checkpointing())
