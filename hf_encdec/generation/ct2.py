@@ -18,7 +18,7 @@ from typing import Any
 
 from ..distributed import state
 from ..errors import ConfigError, ModelError
-from .generator import encode_sources
+from .backend import Prediction, encode_sources
 from ..config.presets import new_tokens
 
 logger = logging.getLogger("hf_encdec.generation")
@@ -156,7 +156,10 @@ class Ct2Generator:
 
     def __init__(self, loaded, generation_config, *, max_tokens: int | None, batch_size: int | None,
                  max_source_length: int | None, seed: int = 42):
-        import ctranslate2
+        try:
+            import ctranslate2
+        except ImportError as err:
+            raise ConfigError("--backend ct2 needs CTranslate2", key="backend", hint="pip install ctranslate2") from err
         import torch
 
         self.tokenizer = loaded.tokenizer
@@ -183,8 +186,6 @@ class Ct2Generator:
 
     def run_window(self, sources: list[str], window_index: int = 0):
         import ctranslate2
-
-        from .generator import Prediction
 
         if not sources:
             return []

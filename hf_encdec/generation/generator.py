@@ -24,6 +24,8 @@ import yaml
 from ..batching import batch_by_size
 from ..errors import ConfigError, ModelError
 from ..models.decoding import decoding_kwargs
+from .backend import Prediction, encode_sources
+from .ct2 import Ct2Generator
 
 logger = logging.getLogger("hf_encdec.generation")
 
@@ -34,9 +36,6 @@ DEFAULT_WINDOW = 2000  # rows sorted together; also how much work a kill can los
 # is then ~1e30). Without one, a 1 MB line asks for an attention matrix of its length squared (terabytes).
 # 1024 is twice T5's pretraining length and BART's position limit.
 DEFAULT_SOURCE_LIMIT = 1024
-# Characters of a long source tokenized per token it may keep: SentencePiece pieces span at most 16,
-# typical tokens 3 to 5, so the head almost always holds every token kept (else the whole is tokenized).
-HEAD_CHARACTERS = 16
 
 
 @dataclass
@@ -45,13 +44,6 @@ class LoadedModel:
     tokenizer: Any
     run_config: dict[str, Any] = field(default_factory=dict)  # the training run's run_config.yaml, if any
     path: str | None = None
-
-
-@dataclass
-class Prediction:
-    texts: list[str]
-    scores: list[float] | None  # n-best: one log-probability per text, best first
-    tokens: int  # generated tokens, for the throughput report
 
 
 def load_model(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
@@ -219,10 +211,6 @@ def make_generator(loaded: LoadedModel, generation_config, *, backend: str = "tr
     if backend == "transformers":
         return Generator(loaded, generation_config, **settings)
     check_batching(settings.get("max_tokens"), settings.get("batch_size"), settings.get("max_source_length"))
-    try:
-        from .ct2 import Ct2Generator
-    except ImportError as err:
-        raise ConfigError("--backend ct2 needs CTranslate2", key="backend", hint="pip install ctranslate2") from err
     max_source_length = source_limit(loaded.model, loaded.tokenizer, settings.get("max_source_length"))
     # The same budget as the transformers backend: on a CPU, beam 4 with the budget divided by 4 took
     # 2.62 s where the whole budget took 2.70 s (random T5, 480 rows; raw translate_batch 2.47 s).
@@ -243,37 +231,6 @@ def source_limit(model, tokenizer, max_source_length: int | None = None) -> int:
         raise ConfigError(f"{max_source_length} is beyond the model's {positions} positions", key="max_source_length",
                           hint=f"set max_source_length to {positions} or less")
     return max_source_length
-
-
-def encode_sources(tokenizer, sources: list[str], limit: int) -> tuple[list[list[int]], int]:
-    """Token ids of `sources`, each longer one cut to `limit` tokens as truncation=True cuts (its special tokens
-    kept), and how many were cut.
-
-    A source far longer than the limit is tokenized from a head of whole words: a 1 MB line would
-    otherwise be tokenized whole (about a second) to keep 1024 of its tokens. Tokenizers split words at
-    whitespace before they split them into tokens, so the head's tokens are the source's first tokens;
-    a head that does not reach the limit (huge words, no whitespace) leaves the whole source to decide.
-    """
-    texts = [_head(source, limit) for source in sources]
-    ids = tokenizer(texts, truncation=False)["input_ids"]
-    for i, source in enumerate(sources):
-        if len(texts[i]) < len(source) and len(ids[i]) <= limit:
-            texts[i] = source
-            ids[i] = tokenizer(source, truncation=False)["input_ids"]
-    cut = [i for i, row in enumerate(ids) if len(row) > limit]
-    if cut:
-        for i, row in zip(cut, tokenizer([texts[i] for i in cut], truncation=True, max_length=limit)["input_ids"]):
-            ids[i] = row
-    return ids, len(cut)
-
-
-def _head(text: str, limit: int) -> str:
-    """`text` up to the last whitespace before HEAD_CHARACTERS characters a token; short texts whole."""
-    bound = limit * HEAD_CHARACTERS
-    if len(text) <= bound:
-        return text
-    end = max(text.rfind(space, 0, bound) for space in " \t\n")
-    return text[:end] if end > 0 else text
 
 
 def prefix_for(loaded: LoadedModel, prefix: str | None) -> str:

@@ -19,7 +19,8 @@ from test_error_catalogue import _assert_user_error
 
 from hf_encdec.cli import main
 from hf_encdec.errors import ConfigError
-from hf_encdec.generation.generator import DEFAULT_SOURCE_LIMIT, encode_sources, source_limit
+from hf_encdec.generation.backend import encode_sources
+from hf_encdec.generation.generator import DEFAULT_SOURCE_LIMIT, source_limit
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
