@@ -132,8 +132,8 @@ def check_scratch_config(model_config: dict[str, Any]) -> None:
             raise ConfigError(f"must be >= 0, got {value}", key=f"model_config.{key}")
 
 
-def build_model(model_args: Any, quantization_config: Any = None, *,
-                tokenizer_texts: Callable[[], list[str]] = list, max_positions: int = 0):
+def build_model(model_args: Any, quantization_config: Any = None, *, tokenizer_texts: Callable[[], list[str]],
+                max_positions: int):
     """Tokenizer and model as the model arguments ask: built from scratch (model_config), a warm-started pair
     (encoder_name_or_path), else a pretrained checkpoint (quantized for QLoRA).
 
