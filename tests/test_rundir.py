@@ -87,3 +87,13 @@ def test_every_name_of_the_layout_is_an_output_name():
              rundir.FINAL_STAGING_DIR, "model.safetensors", "tokenizer.json", "spiece.model"]
     assert all(rundir.is_output_name(name) for name in names)
     assert not rundir.is_output_name("notes.txt")
+
+
+def test_the_library_names_are_spelled_as_the_libraries_spell_them():
+    from peft.utils import CONFIG_NAME as PEFT_CONFIG_NAME
+    from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+    from transformers.utils import CONFIG_NAME, GENERATION_CONFIG_NAME
+
+    assert (rundir.MODEL_CONFIG, rundir.GENERATION_CONFIG, rundir.ADAPTER_CONFIG, rundir.TRAINER_STATE,
+            rundir.TRAINING_ARGS) == (CONFIG_NAME, GENERATION_CONFIG_NAME, PEFT_CONFIG_NAME, TRAINER_STATE_NAME,
+                                      TRAINING_ARGS_NAME)
