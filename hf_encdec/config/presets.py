@@ -19,9 +19,9 @@ from . import strict_yaml
 from .coercion import BareFlag, coerce
 from ..errors import ConfigError, did_you_mean
 from .library_fields import generation_field_types
+from ..rundir import GENERATION_CONFIG, PRESET_DIR
 
 PRESETS: dict[str, dict[str, Any]] = {}
-PRESET_DIR = "presets"  # OUTPUT_DIR/presets/<name>.json, loadable with GenerationConfig.from_pretrained
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # Reset by every preset before its own fields apply, so a preset means the same decoding whatever
@@ -229,7 +229,7 @@ def save_presets(configs: dict[str, Any], output_dir: Path) -> None:
         save_generation_config(config, output_dir, f"{PRESET_DIR}/{name}.json")
 
 
-def save_generation_config(config, folder: Path, file_name: str = "generation_config.json") -> None:
+def save_generation_config(config, folder: Path, file_name: str = GENERATION_CONFIG) -> None:
     """`config` saved with its length as max_new_tokens, so that vanilla generate(max_new_tokens=...) can override it.
 
     In memory a preset keeps max_length: Seq2SeqTrainer stamps the library's max_length (20) on the model's

@@ -414,14 +414,14 @@ def load_config(recipe: str | None = None, overrides: dict[str, Any] | None = No
 
 
 def read_saved_config(folder: Path) -> RunConfig:
-    """A finished run's run_config.yaml as recorded, not re-validated against this machine.
+    """A finished run's run_config.yaml (rundir.read_run_config) as a RunConfig, not re-validated against this machine.
 
     Validation would reject, say, a bf16 GPU run read on a CPU machine; a reader (the model card)
     only needs the values.
     """
-    from ..models.loading import read_run_config
+    from ..rundir import read_run_config
 
-    values = read_run_config(folder, key="model")
+    values = read_run_config(folder)
     ours = _our_fields()
     grouped: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
     training = dict(TRAINING_DEFAULTS)

@@ -20,6 +20,7 @@ from ..distributed import state
 from ..errors import ConfigError, ModelError
 from .backend import Prediction, encode_sources
 from ..config.presets import new_tokens
+from ..rundir import MODEL_CONFIG
 
 logger = logging.getLogger("hf_encdec.generation")
 
@@ -97,7 +98,7 @@ def _convert(loaded, target: Path, stamp: dict[str, Any]) -> None:
         # Saved from memory: a merged LoRA model and a local model convert the same way.
         loaded.model.save_pretrained(work)
         loaded.tokenizer.save_pretrained(work)
-        config_file = Path(work) / "config.json"
+        config_file = Path(work) / MODEL_CONFIG
         config = json.loads(config_file.read_text())
         config_file.write_text(json.dumps({**CONVERTER_CONFIG_FIELDS.get(config.get("model_type"), {}), **config}))
         partial = target.with_name(target.name + ".partial")

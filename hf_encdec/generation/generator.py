@@ -50,12 +50,12 @@ def load_model(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool 
     """A model directory or Hub id: a full model, a LoRA adapter (merged for speed), or a warm-started pair."""
     from ..config.keys import ModelArguments
     from ..distributed import state
-    from ..models.loading import read_run_config
     from ..models.build import load_pretrained
+    from ..rundir import ADAPTER_CONFIG, read_run_config
 
     directory = Path(ref)
-    run_config = read_run_config(directory, key="model")  # before the weights: a broken one fails fast
-    if (directory / "adapter_config.json").is_file():
+    run_config = read_run_config(directory)  # before the weights: a broken one fails fast
+    if (directory / ADAPTER_CONFIG).is_file():
         model, tokenizer = _load_adapter(directory, trust_remote_code, allow_pickle)
     else:
         tokenizer, model = load_pretrained(ModelArguments(model_name_or_path=ref, trust_remote_code=trust_remote_code,
@@ -69,7 +69,8 @@ def load_model(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool 
 def _with_decoder_tokenizer(directory: Path, tokenizer):
     """A warm-started pair saved with its decoder's tokenizer (BERT2GPT2) writes its outputs in that one's ids."""
     from ..models.loading import load_tokenizer
-    from ..models.warm_start import DECODER_TOKENIZER_DIR, PairTokenizer, special_token_ids
+    from ..models.warm_start import PairTokenizer, special_token_ids
+    from ..rundir import DECODER_TOKENIZER_DIR
 
     if not (directory / DECODER_TOKENIZER_DIR).is_dir():
         return tokenizer
@@ -89,7 +90,8 @@ def resolve_preset(loaded: LoadedModel, name: str | None, *, presets_file: str |
                    overrides: dict[str, Any] | None = None, trust_remote_code: bool = False):
     """The GenerationConfig to decode with: the model's default, a preset saved with it, or a built-in one."""
     from ..models.loading import load_generation_config
-    from ..config.presets import PRESET_DIR, load_user_presets, make_preset, with_fields
+    from ..config.presets import load_user_presets, make_preset, with_fields
+    from ..rundir import PRESET_DIR
 
     base = loaded.model.generation_config
     user = load_user_presets(presets_file)

@@ -40,7 +40,7 @@ from .resumable import (
     fingerprint_model,
     refuse_finished,
 )
-from ..rundir import write_atomically
+from ..rundir import read_adapter_config, write_atomically
 from ..data.streaming import (
     TEXT_COLUMN,
     Row,
@@ -421,10 +421,10 @@ def evaluation_context(options: EvaluateOptions, loaded: LoadedModel, config, ov
 def describe_model(ref: str, loaded: LoadedModel) -> dict[str, Any]:
     """Where the model came from and what it is: a local folder or a Hub id; a full model, an adapter or a pair."""
     folder = Path(ref)
-    adapter = folder / "adapter_config.json"
+    adapter = read_adapter_config(folder)
     model_type = loaded.model.config.model_type
-    if adapter.is_file():
-        kind = f"{json.loads(adapter.read_text(encoding='utf-8')).get('peft_type', 'peft').lower()} adapter"
+    if adapter is not None:
+        kind = f"{adapter.get('peft_type', 'peft').lower()} adapter"
     else:
         kind = "warm-started pair" if model_type == "encoder-decoder" else "full model"
     return {"source": "local folder" if folder.is_dir() else "Hub", "kind": kind, "model_type": model_type,

@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, disk_full, is_disk_full
-from ..rundir import write_all, write_atomically
+from ..rundir import DECODER_TOKENIZER_DIR, RUN_CONFIG, adapter_base, write_all, write_atomically
 
 logger = logging.getLogger("hf_encdec.generation")
 
 SAMPLE_BYTES = 1 << 20  # a file's fingerprint hashes its first and last MiB (with its size and mtime)
 # What a model directory's outputs depend on: weights, configs, tokenizer and the training run's settings.
-MODEL_FILES = ("*.safetensors", "*.bin", "*.json", "*.model", "*.spm", "*.txt", "run_config.yaml")
+MODEL_FILES = ("*.safetensors", "*.bin", "*.json", "*.model", "*.spm", "*.txt", RUN_CONFIG)
 
 
 class ResumableOutput:
@@ -269,12 +269,10 @@ def fingerprint_model(ref: str) -> dict[str, str] | str:
     directory = Path(ref)
     if not directory.is_dir():
         return ref
-    folders = [directory, directory / "decoder_tokenizer"]
-    adapter = directory / "adapter_config.json"
-    if adapter.is_file():
-        base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
-        if base and Path(base).is_dir():
-            folders.append(Path(base))
+    folders = [directory, directory / DECODER_TOKENIZER_DIR]
+    base = adapter_base(directory)
+    if base and Path(base).is_dir():
+        folders.append(Path(base))
     files = sorted({file for folder in folders for pattern in MODEL_FILES for file in folder.glob(pattern)
                     if file.is_file()})
     return {_relative(file, directory): fingerprint_file(file) for file in files}

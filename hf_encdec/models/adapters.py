@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ModelError
+from ..rundir import ADAPTER_CONFIG, GENERATION_CONFIG, MERGED_DIR, adapter_base, owned, read_run_config, started_by_us
 
 logger = logging.getLogger("hf_encdec.adapters")
 
@@ -248,7 +249,7 @@ def merge_saved(directory: str, output: str | None = None, base: str | None = No
     """
     import shutil
 
-    target = Path(output) if output else Path(directory) / "merged"
+    target = Path(output) if output else Path(directory) / MERGED_DIR
     _check_merge_target(Path(directory), target, base)
     model, tokenizer = load_with_adapter(directory, base)
     staging = target.with_name(f".{target.name}.staging")
@@ -261,30 +262,17 @@ def merge_saved(directory: str, output: str | None = None, base: str | None = No
 
 
 def _check_merge_target(directory: Any, target: Any, base: str | None) -> None:
-    from ..rundir import owned, started_by_us
-
     resolved = target.resolve()
-    inputs = {"--model": directory, "the base model": base or _saved_base(directory)}
+    inputs = {"--model": directory, "the base model": base or adapter_base(directory)}
     for name, path in inputs.items():
         if path and os.path.exists(path) and resolved in (Path(path).resolve(), *Path(path).resolve().parents):
             raise ConfigError(f"is {name} {path} or holds it: the merge would replace it", key="output",
                               path=str(target), hint="choose another --output")
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         return
-    if not (target == directory / "merged" and started_by_us(directory) and owned(target)):
+    if not (target == directory / MERGED_DIR and started_by_us(directory) and owned(target)):
         raise ConfigError("exists and was not written by hf-encdec merge", key="output", path=str(target),
                           hint="choose a new or empty folder for --output, or move this one away")
-
-
-def _saved_base(directory: Any) -> str | None:
-    """The base model an adapter folder names, if it names one (load_with_adapter reports a broken file)."""
-    import json
-
-    try:
-        return json.loads((Path(directory) / "adapter_config.json").read_text(encoding="utf-8")).get(
-            "base_model_name_or_path")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def load_with_adapter(directory: str, base: str | None = None, trust_remote_code: bool = False,
@@ -293,17 +281,16 @@ def load_with_adapter(directory: str, base: str | None = None, trust_remote_code
     from peft import PeftModel
 
     from ..config.keys import ModelArguments
-    from .loading import (check_folder_weights, library_errors, load_generation_config, read_json, read_run_config,
-                          weights_loading)
+    from .loading import check_folder_weights, library_errors, load_generation_config, weights_loading
     from .warm_start import PairTokenizer, load_tokenizers, load_warm_start
 
     run = Path(directory)
-    if not (run / "adapter_config.json").is_file():
-        raise ModelError("no adapter_config.json here: not a LoRA/IA3 run", path=str(run),
+    if not (run / ADAPTER_CONFIG).is_file():
+        raise ModelError(f"no {ADAPTER_CONFIG} here: not a LoRA/IA3 run", path=str(run),
                          hint="pass the output_dir of a run trained with peft")
-    adapter = read_json(run / "adapter_config.json", key="model")
+    saved_base = adapter_base(run)
     check_folder_weights(run, key="model")  # before the base loads
-    saved = read_run_config(run, key="model")
+    saved = read_run_config(run)
     tokenizer, decoder_tokenizer = load_tokenizers(str(run))
     if saved.get("encoder_name_or_path") and base is None:
         args = ModelArguments(encoder_name_or_path=saved["encoder_name_or_path"],
@@ -311,13 +298,13 @@ def load_with_adapter(directory: str, base: str | None = None, trust_remote_code
         _, model = load_warm_start(args)
         tokenizer = PairTokenizer(tokenizer, decoder_tokenizer, decoder_tokenizer.eos_token_id)
     else:
-        name = base or (adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None)
+        name = base or saved_base
         if not name:
-            raise ModelError("names no base model (base_model_name_or_path)", path=str(run / "adapter_config.json"),
+            raise ModelError("names no base model (base_model_name_or_path)", path=str(run / ADAPTER_CONFIG),
                              key="base", hint="write the base model's Hub id or folder into it as "
                                               "base_model_name_or_path, or give it to `hf-encdec merge --base`")
         model = _load_base(name, trust_remote_code, allow_pickle)
-    if (run / "generation_config.json").is_file():  # the run's decoding, not the base's
+    if (run / GENERATION_CONFIG).is_file():  # the run's decoding, not the base's
         model.generation_config = load_generation_config(str(run), key="model")
     weights_loading(str(run), allow_pickle, key="model")  # peft reads adapter_model.bin with weights_only=True
     with library_errors(str(run), key="model", what="the adapter"):

@@ -15,15 +15,13 @@ command met it (train, a warm start, an adapter's base, generate, evaluate, merg
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import ModelError, UserError
+from ..rundir import GENERATION_CONFIG, MODEL_CONFIG, REFETCH, read_json
 
 # Weight files that are Python pickles: loading one can run code planted in it.
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
@@ -32,7 +30,6 @@ PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_
 # and BPE merges (vocab.json, vocab.txt, merges.txt, bpe.codes).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "*.model", "*.spm", "vocab*", "merges.txt",
                    "bpe.codes")
-GENERATION_CONFIG = "generation_config.json"
 # Decoding fields of a saved generation config, and the type generate() needs: a hand-edited
 # "num_beams": "four" loads without complaint and fails deep inside generate().
 FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -40,8 +37,6 @@ FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
                      "min_new_tokens", "top_k", "no_repeat_ngram_size"), int),
     **dict.fromkeys(("temperature", "top_p", "length_penalty", "repetition_penalty"), (int, float)),
 }
-RUN_CONFIG = "run_config.yaml"
-REFETCH = "save the model again, or download it again"
 TOKENIZER_HINT = ("save the model's tokenizer into the folder with tokenizer.save_pretrained; to train, "
                   "--tokenizer_name can also name the folder or Hub id of the tokenizer it was trained with")
 
@@ -77,9 +72,9 @@ def model_folder(name: str, key: str) -> Path | None:
     folder = local_folder(name, key)
     if folder is None:
         return None
-    if not (folder / "config.json").is_file():
-        raise ModelError(f"{name} has no config.json", key=key,
-                         hint="a model folder needs the config.json saved with its weights; save_pretrained "
+    if not (folder / MODEL_CONFIG).is_file():
+        raise ModelError(f"{name} has no {MODEL_CONFIG}", key=key,
+                         hint=f"a model folder needs the {MODEL_CONFIG} saved with its weights; save_pretrained "
                               "writes both")
     check_folder_weights(folder, key)
     return folder
@@ -155,45 +150,6 @@ def check_json_files(folder: Path, key: str) -> None:
     """The first JSON file in `folder` that does not parse, as a ModelError with its line."""
     for file in sorted(folder.glob("*.json")):
         read_json(file, key)
-
-
-def read_json(file: Path, key: str) -> Any:
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ModelError(f"is not valid JSON ({err.msg} at column {err.colno})", path=str(file), line=err.lineno,
-                         key=key, hint=f"fix the file, or {REFETCH}") from err
-    except UnicodeDecodeError as err:
-        raise ModelError("is not UTF-8 text", path=str(file), key=key, hint=f"fix the file, or {REFETCH}") from err
-    except OSError as err:
-        raise ModelError(f"cannot read the file ({err.strerror or err})", path=str(file), key=key,
-                         hint="check its permissions") from err
-
-
-def read_run_config(folder: Path, key: str) -> dict[str, Any]:
-    """A saved run's run_config.yaml ({} when there is none): optional metadata, so a broken one says so."""
-    file = folder / RUN_CONFIG
-    if not file.is_file():
-        return {}
-    fix = ("fix the file, or delete it: it only records how the model was trained, so then pass --source_prefix "
-           "and --max_source_length if it was trained with them")
-    try:
-        values = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ModelError("is not UTF-8 text", path=str(file), key=key, hint=fix) from err
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise ModelError(f"is not valid YAML ({getattr(err, 'problem', None) or err})", path=str(file),
-                         line=mark.line + 1 if mark else None, key=key, hint=fix) from err
-    except OSError as err:
-        raise ModelError(f"cannot read the file ({err.strerror or err})", path=str(file), key=key,
-                         hint="check its permissions") from err
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ModelError(f"holds a {type(values).__name__}, expected a mapping of run settings", path=str(file),
-                         key=key, hint=fix)
-    return values
 
 
 def weights_loading(name_or_path: str, allow_pickle: bool, key: str = "model_name_or_path") -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ModelError
 from .sources import hub_kwargs, tokenizer_source
+from ..rundir import DECODER_TOKENIZER_DIR
 
 logger = logging.getLogger("hf_encdec.warm_start")
 
@@ -22,7 +23,6 @@ logger = logging.getLogger("hf_encdec.warm_start")
 # hide the first decoder input: EncoderDecoderModel masks every decoder input equal to pad,
 # and GPT-2's start token is its eos.
 ADDED_PAD_TOKEN = "<pad>"
-DECODER_TOKENIZER_DIR = "decoder_tokenizer"
 
 
 def is_warm_start(model_args: Any) -> bool:

@@ -24,7 +24,8 @@ from ..console import duration
 from ..models.loading import is_local_path
 from .plots import plot_files
 from ..config.presets import DECODING_DEFAULTS
-from ..rundir import CARD, CARD_TAG, FINISHED_MARKER, RUN_CONFIG, TRAINER_STATE, is_our_card, write_atomically
+from ..rundir import (ADAPTER_CONFIG, CARD, CARD_TAG, DECODER_TOKENIZER_DIR, PRESET_DIR, RUN_CONFIG, TRAINER_STATE,
+                      is_our_card, read_metrics, write_atomically)
 from ..data.tasks import TaskAdapter, get_task
 
 logger = logging.getLogger("hf_encdec.card")
@@ -49,7 +50,7 @@ PAIR_USAGE = '''```python
 from transformers import AutoTokenizer, EncoderDecoderModel
 
 tokenizer = AutoTokenizer.from_pretrained("{path}")  # the encoder's tokenizer reads the input
-decoder_tokenizer = AutoTokenizer.from_pretrained("{path}", subfolder="decoder_tokenizer")  # writes the output
+decoder_tokenizer = AutoTokenizer.from_pretrained("{path}", subfolder="{decoder_dir}")  # writes the output
 model = EncoderDecoderModel.from_pretrained("{path}")
 inputs = tokenizer(["{prefix}your text here"], return_tensors="pt", padding=True)
 outputs = model.generate(**inputs)  # start, end and pad tokens come from generation_config.json
@@ -78,7 +79,6 @@ PAIR_ADAPTER_NOTE = ("The base is the warm-started pair rebuilt from its two che
 FILE_USAGE = ("To translate or rewrite a whole file with token-budget batching and the named decoding presets: "
               "`hf-encdec generate --model {path} --input inputs.txt --output outputs.txt`.")
 
-ADAPTER_CONFIG = "adapter_config.json"
 # Metrics that describe the run rather than the model's quality stay out of the model-index.
 NOT_SCORES = ("runtime", "per_second", "gen_len", "loss")
 
@@ -224,7 +224,7 @@ def _usage(config: RunConfig, path: str, adapter: bool) -> str:
     if adapter and m.encoder_name_or_path:
         base = (f'EncoderDecoderModel.from_encoder_decoder_pretrained("{_loadable(m.encoder_name_or_path)}", '
                 f'"{_loadable(m.decoder_name_or_path)}"){_local_comment(m.encoder_name_or_path, m.decoder_name_or_path)}'
-                f'\ndecoder_tokenizer = AutoTokenizer.from_pretrained("{path}", subfolder="decoder_tokenizer")')
+                f'\ndecoder_tokenizer = AutoTokenizer.from_pretrained("{path}", subfolder="{DECODER_TOKENIZER_DIR}")')
         usage = ADAPTER_USAGE.format(path=path, base=base, prefix=prefix, output_tokenizer="decoder_tokenizer",
                                      imports="AutoTokenizer, EncoderDecoderModel")
         return usage + "\n\n" + PAIR_ADAPTER_NOTE
@@ -234,7 +234,7 @@ def _usage(config: RunConfig, path: str, adapter: bool) -> str:
         return ADAPTER_USAGE.format(path=path, base=base, prefix=prefix, output_tokenizer="tokenizer",
                                     imports="AutoModelForSeq2SeqLM, AutoTokenizer")
     if m.encoder_name_or_path:
-        return PAIR_USAGE.format(path=path, prefix=prefix)
+        return PAIR_USAGE.format(path=path, prefix=prefix, decoder_dir=DECODER_TOKENIZER_DIR)
     return USAGE.format(path=path, prefix=prefix)
 
 
@@ -248,12 +248,12 @@ def _local_comment(*names: str) -> str:
 
 
 def _presets_usage(output_dir: Path, path: str) -> str:
-    names = sorted(p.stem for p in (output_dir / "presets").glob("*.json"))
+    names = sorted(p.stem for p in (output_dir / PRESET_DIR).glob("*.json"))
     if not names:
         return ""
     return (f"\n\nNamed decoding presets: {', '.join(f'`{n}`' for n in names)}. Pick one with "
             f"`model.generate(**inputs, generation_config=GenerationConfig.from_pretrained(\"{path}\", "
-            f"\"presets/{names[0]}.json\"))` (`from transformers import GenerationConfig`).")
+            f"\"{PRESET_DIR}/{names[0]}.json\"))` (`from transformers import GenerationConfig`).")
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -436,8 +436,7 @@ def refresh_model_card(folder: Path, repo_id: str, run_folder: Path | None = Non
     if not saved.exists() or (card.exists() and not is_our_card(card)):
         return  # not an hf-encdec run, or the user's own card in place of ours: pushed as it is
     config = read_saved_config(folder)
-    metrics_file = folder / FINISHED_MARKER
-    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
+    metrics = read_metrics(folder)
     try:
         write_model_card(run_folder or folder, config, get_task(config.data.task), metrics, repo_id=repo_id,
                          folder=folder)

@@ -18,22 +18,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .card import ADAPTER_CONFIG, refresh_model_card
+from .card import refresh_model_card
 from ..config.run_config import RunConfig
 from ..errors import ConfigError, HubError, ModelError
 from ..models.loading import is_local_path
+from ..rundir import (ADAPTER_CONFIG, CARD, GENERATION_CONFIG, METRICS, MODEL_CONFIG, PLOTS_DIR, PRESET_DIR, RUN_CONFIG,
+                      TOKENIZER_FILES, TRAINER_STATE, WEIGHT_FILES, adapter_base, checkpoint_name, read_adapter_config,
+                      read_run_config)
 
 logger = logging.getLogger("hf_encdec.hub")
 
 
 # What a push uploads from a run's folder (top level): the model or adapter, tokenizer(s), generation
 # config, the run's config and metrics, the card. predictions.jsonl stays local: it holds the test set.
-PUSHED_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", ADAPTER_CONFIG, "generation_config.json",
-                "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.model",
-                "*.spm", "chat_template.jinja", "run_config.yaml", "metrics.json", "README.md")
-PUSHED_FOLDERS = ("presets", "plots")  # every named decoding preset; the curves the card shows
+PUSHED_FILES = (*WEIGHT_FILES, MODEL_CONFIG, ADAPTER_CONFIG, GENERATION_CONFIG, *TOKENIZER_FILES, RUN_CONFIG, METRICS,
+                CARD)
+PUSHED_FOLDERS = (PRESET_DIR, PLOTS_DIR)  # every named decoding preset; the curves the card shows
 # Checkpoint files a resumed run needs, pushed for hub_strategy checkpoint / all_checkpoints.
-CHECKPOINT_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt", "trainer_state.json")
+CHECKPOINT_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt", TRAINER_STATE)
 
 
 @dataclass
@@ -137,22 +139,14 @@ def hub_base_of(folder: Path) -> str | None:
     peft saves the base as it was given, here often a local folder, and loads the adapter from the Hub by
     following that name: pushed as it is, it would hold this machine's path and load for no one else.
     """
-    adapter = folder / ADAPTER_CONFIG
-    if not adapter.is_file():
+    base = adapter_base(folder)
+    if base is None or not is_local_path(base):
         return None
-    from ..models.loading import read_json
-
-    config = read_json(adapter, key="model")
-    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
-    if not isinstance(base, str) or not is_local_path(base):
-        return None
-    from ..config.run_config import read_saved_config
-
-    hub_id = read_saved_config(folder).run.base_model if (folder / "run_config.yaml").is_file() else None
+    hub_id = read_run_config(folder).get("base_model")
     if not hub_id:
         raise ConfigError(f"the adapter's base model is a local folder ({Path(base).name}), which no one can load "
-                          "from the Hub", key="base_model", path=str(adapter),
-                          hint=f"set base_model: OWNER/NAME (the Hub id of that base) in {folder / 'run_config.yaml'}"
+                          "from the Hub", key="base_model", path=str(folder / ADAPTER_CONFIG),
+                          hint=f"set base_model: OWNER/NAME (the Hub id of that base) in {folder / RUN_CONFIG}"
                                " (or --base_model when training), or push with --merge_lora")
     return hub_id
 
@@ -166,7 +160,7 @@ def naming_the_hub_base(folder: Path, scratch: Path) -> Path:
     for path in files_to_push(folder):
         (scratch / path).parent.mkdir(parents=True, exist_ok=True)
         (scratch / path).symlink_to((folder / path).absolute())
-    adapter = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    adapter = read_adapter_config(folder)
     (scratch / ADAPTER_CONFIG).unlink()
     (scratch / ADAPTER_CONFIG).write_text(json.dumps({**adapter, "base_model_name_or_path": hub_id}, indent=2) + "\n",
                                           encoding="utf-8")
@@ -295,7 +289,7 @@ def follow_checkpoints(trainer: Any, target: HubTarget, strategy: str) -> None:
     class CheckpointPusher(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                _push_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}", target, strategy)
+                _push_checkpoint(Path(args.output_dir) / checkpoint_name(state.global_step), target, strategy)
 
     if strategy != "end":
         trainer.add_callback(CheckpointPusher())

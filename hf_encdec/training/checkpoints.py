@@ -25,16 +25,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ConfigError, NonFiniteLossError, UserError, disk_full, is_disk_full
-from ..rundir import FINISHED_MARKER, RUN_CONFIG, STAGING_DIR, owned, refuse_foreign
+from ..rundir import (CHECKPOINT_PREFIX, COMPLETE_MARKER, METRICS, RUN_CONFIG, STAGING_DIR, TRAINER_STATE,
+                      TRAINING_ARGS, checkpoint_name, owned, read_run_config, refuse_foreign)
 
 logger = logging.getLogger("hf_encdec.checkpoints")
 
-COMPLETE_MARKER = "hf_encdec_complete.json"
-_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+_CHECKPOINT_NAME = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
 
 
 def step_of(checkpoint: Path) -> int:
     return int(_CHECKPOINT_NAME.match(checkpoint.name).group(1))
+
+
+def staged_checkpoint(run_dir: Path, step: int) -> Path:
+    """Where every rank writes the checkpoint of `step` before the main process renames it into place."""
+    return run_dir / STAGING_DIR / checkpoint_name(step)
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
@@ -66,14 +71,14 @@ def last_complete(run_dir: Path) -> Path | None:
 
 def clear_staged(run_dir: Path, step: int) -> None:
     """A staged folder left by a killed run at this step would mix its files into the new one."""
-    shutil.rmtree(run_dir / STAGING_DIR / f"checkpoint-{step}", ignore_errors=True)
+    shutil.rmtree(staged_checkpoint(run_dir, step), ignore_errors=True)
 
 
 def publish(staged: Path, run_dir: Path) -> Path:
     """Main process, after every rank has written `staged`: drop pickles we do not need, mark, rename."""
     # training_args.bin is a full pickle of TrainingArguments (it can carry hub_token); resuming does not
     # read it (the Trainer restores from trainer_state.json) and run_config.yaml records the arguments.
-    (staged / "training_args.bin").unlink(missing_ok=True)
+    (staged / TRAINING_ARGS).unlink(missing_ok=True)
     _fsync_tree(staged)
     marker = staged / COMPLETE_MARKER
     marker.write_text(json.dumps({"step": step_of(staged)}) + "\n")
@@ -120,7 +125,7 @@ def move_into_place(staging: Path, out: Path, previous: set[str]) -> None:
     The weights go after the rest, and metrics.json (the finished marker) last of all.
     """
     # run_config.yaml records the arguments without pickle; a loader needs no training_args.bin.
-    (staging / "training_args.bin").unlink(missing_ok=True)
+    (staging / TRAINING_ARGS).unlink(missing_ok=True)
     entries = {entry.name: entry for entry in staging.iterdir()}
     targets = [out / name for name in sorted(entries.keys() | previous)]
     refuse_foreign([t for t in targets if (t.exists() or t.is_symlink()) and not (t.name in previous and owned(t))],
@@ -129,7 +134,7 @@ def move_into_place(staging: Path, out: Path, previous: set[str]) -> None:
     _fsync_tree(staging)
     for name in sorted(previous - entries.keys()):
         _remove(out / name)
-    order = sorted(entries.values(), key=lambda p: (p.name == FINISHED_MARKER, p.suffix in (".safetensors", ".bin")))
+    order = sorted(entries.values(), key=lambda p: (p.name == METRICS, p.suffix in (".safetensors", ".bin")))
     for entry in order:
         target = out / entry.name
         if target.is_dir():
@@ -279,10 +284,8 @@ def choose_resume(config) -> str | None:
 
 
 def _chosen_checkpoint(config, path: Path) -> str:
-    from transformers.trainer import TRAINER_STATE_NAME
-
-    if not (path / TRAINER_STATE_NAME).is_file():
-        raise ConfigError(f"not a checkpoint (no {TRAINER_STATE_NAME})", key="resume_from_checkpoint",
+    if not (path / TRAINER_STATE).is_file():
+        raise ConfigError(f"not a checkpoint (no {TRAINER_STATE})", key="resume_from_checkpoint",
                           path=str(path), hint="give a checkpoint-N folder, or true for the last complete one")
     if _CHECKPOINT_NAME.match(path.name) and not is_complete(path):
         # Another tool's checkpoint has no marker of ours; upstream writes trainer_state.json last, so it is whole.
@@ -296,8 +299,6 @@ def _chosen_checkpoint(config, path: Path) -> str:
 def changed_keys(config) -> str:
     """'key: saved -> now' for each setting that differs from the run_config.yaml of the run being resumed."""
     import yaml
-
-    from ..models.loading import read_run_config
 
     if not (config.output_dir / RUN_CONFIG).is_file():
         return "its run_config.yaml is missing, so they cannot be compared"

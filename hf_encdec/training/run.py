@@ -135,7 +135,7 @@ def check_output_dir(config: RunConfig) -> str | None:
         if current.is_main_process:
             _forget_previous_run(out)
         current.wait_for_everyone()  # no rank looks for checkpoints while they are being removed
-    elif (out / rundir.FINISHED_MARKER).exists():
+    elif rundir.is_finished(out):
         raise ConfigError("output_dir holds a finished run", key="output_dir", path=str(out),
                           hint="pass --overwrite_output_dir true or choose another --output_dir")
     return checkpoints.choose_resume(config)
@@ -165,7 +165,7 @@ def _writable(path: Path) -> bool:
 def _forget_previous_run(out: Path) -> None:
     # Only what a run of ours wrote is removed (foreign_entries found none): output_dir may hold the user's files.
     # The earlier run's model stays until this run's replaces it, at the very end.
-    (out / rundir.FINISHED_MARKER).unlink(missing_ok=True)
+    (out / rundir.METRICS).unlink(missing_ok=True)
     for checkpoint in checkpoints.checkpoint_dirs(out):
         shutil.rmtree(checkpoint)
     for staging in (rundir.STAGING_DIR, rundir.FINAL_STAGING_DIR):
@@ -443,22 +443,20 @@ def save_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[st
 def _write_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[str, Any], splits, lengths,
                    staging: Path, presets: dict[str, Any], final: str,
                    test_predictions: list[dict[str, Any]] | None) -> None:
-    from transformers.trainer import TRAINER_STATE_NAME
-
     from ..publish.card import run_environment, write_model_card
     from ..data.metrics import metric_signatures
     from ..publish.plots import write_plots
     from ..config.presets import decoding_fields, save_generation_config
 
-    trainer.state.save_to_json(str(staging / TRAINER_STATE_NAME))  # the loss curve and evaluation history
+    trainer.state.save_to_json(str(staging / rundir.TRAINER_STATE))  # the loss curve and evaluation history
     # In place of the one save_model wrote (none for an adapter): the final preset, its length as max_new_tokens.
     save_generation_config(presets[final], staging)
     if config.adapter.merge_lora:
-        save_merged(trainer.model, trainer.processing_class, staging / "merged")
-        save_generation_config(presets[final], staging / "merged")
+        save_merged(trainer.model, trainer.processing_class, staging / rundir.MERGED_DIR)
+        save_generation_config(presets[final], staging / rundir.MERGED_DIR)
     save_presets(presets, staging)
     if test_predictions is not None:
-        (staging / "predictions.jsonl").write_text(
+        (staging / rundir.PREDICTIONS).write_text(
             "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in test_predictions), encoding="utf-8")
     data_stats = {name: {"origin": split.origin, "rows": len(split), "dropped": split.dropped,
                          "source_tokens": data_lib.length_stats(lengths["source"][name], config.data.max_source_length),
@@ -470,4 +468,4 @@ def _write_outputs(trainer, config: RunConfig, task: TaskAdapter, metrics: dict[
                "eval_preset": {"name": config.run.eval_preset, **decoding_fields(presets[config.run.eval_preset])},
                "environment": run_environment(uses_gpu(config), distributed.state().num_processes)}
     write_model_card(config.output_dir, config, task, metrics, folder=staging)
-    (staging / rundir.FINISHED_MARKER).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    (staging / rundir.METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")

@@ -17,6 +17,7 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallba
 from . import checkpoints, samplers
 from .. import console
 from ..data.metrics import METRIC_KEYS
+from ..rundir import TRAINER_STATE
 from ..models.decoding import decoding_kwargs
 
 logger = logging.getLogger("hf_encdec.train")
@@ -229,7 +230,7 @@ class EncDecTrainer(Seq2SeqTrainer):
         full disk or a refused write ends the run with one line, the earlier checkpoints kept.
         """
         run_dir = Path(super()._get_output_dir(trial))
-        staged = run_dir / checkpoints.STAGING_DIR / f"checkpoint-{self.state.global_step}"
+        staged = checkpoints.staged_checkpoint(run_dir, self.state.global_step)
         with checkpoints.saving(run_dir, staged, staged.name):
             if self.args.should_save:
                 checkpoints.clear_staged(run_dir, self.state.global_step)
@@ -245,12 +246,10 @@ class EncDecTrainer(Seq2SeqTrainer):
         self.accelerator.wait_for_everyone()  # no rank reads checkpoint-N (load best, push) before it exists
 
     def _publish_checkpoint(self, staged: Path, run_dir: Path) -> None:
-        from transformers.trainer import TRAINER_STATE_NAME
-
         final = run_dir / staged.name
         if self.state.best_model_checkpoint == str(staged):  # the library named the staging path
             self.state.best_model_checkpoint = str(final)
-            self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
+            self.state.save_to_json(str(staged / TRAINER_STATE))
         checkpoints.publish(staged, run_dir)
         checkpoints.rotate(run_dir, self.args.save_total_limit, [self.state.best_model_checkpoint])
 
