@@ -32,7 +32,7 @@ from .keys import (
     ModelArguments,
     RunArguments,
 )
-from .coercion import BareFlag, coerce
+from .coercion import coerce
 from ..errors import ConfigError, did_you_mean
 from .library_fields import training_argument_types
 from ..data.tasks import TASKS
@@ -379,31 +379,6 @@ def read_recipe(path: str) -> dict[str, Any]:
         if isinstance(value, str) and not Path(value).is_absolute():
             values[key] = str((recipe.parent / value).resolve())
     return values
-
-
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """`--key value`, `--key=value` and a bare `--flag` (true) into flat keys."""
-    values: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--") or arg == "--":
-            raise ConfigError(f"unexpected argument {arg!r}", hint="keys are given as --key value")
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 < len(args) and not args[i + 1].startswith("--"):
-                value = args[i + 1]
-                i += 1
-            else:
-                value = BareFlag()
-        values[key] = value if isinstance(value, BareFlag) else _cli_value(value)
-        i += 1
-    return values
-
-
-def _cli_value(text: str) -> Any:
-    """`null` means None; the rest stays a string for coerce() to convert by declared type."""
-    return None if text.lower() in ("null", "none", "~") else text
 
 
 def load_config(recipe: str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
