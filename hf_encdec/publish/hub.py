@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .card import ADAPTER_CONFIG, refresh_model_card
-from ..config.run_config import RunConfig
+from ..config.run_config import RunConfig, is_local_path
 from ..errors import ConfigError, HubError, ModelError
-from ..models.loading import is_local_path
 
 logger = logging.getLogger("hf_encdec.hub")
 

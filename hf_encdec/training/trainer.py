@@ -8,26 +8,15 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+from transformers import Seq2SeqTrainer, TrainerCallback
 
 from . import checkpoints, samplers
 from .. import console
 from ..models.decoding import decoding_kwargs
 
 logger = logging.getLogger("hf_encdec.train")
-
-
-@dataclass
-class EncDecTrainingArguments(Seq2SeqTrainingArguments):
-    """Seq2SeqTrainingArguments plus token-budget batching (`train_sampling_strategy: token_budget`)."""
-
-    max_tokens: int | None = field(
-        default=None,
-        metadata={"help": "Padded source + target tokens per training batch (train_sampling_strategy token_budget)."},
-    )
 
 
 def token_level_loss(outputs, labels, num_items_in_batch=None):

@@ -260,3 +260,17 @@ def test_generate_and_evaluate_share_their_common_keys_declared_once():
         fields = {f.name: f for f in dataclasses.fields(options)}
         assert all(fields[name].metadata == field.metadata for name, field in shared.items())
 
+
+def test_the_trainer_arguments_carry_the_batching_keys_as_declared_with_early_stopping_built_in():
+    import dataclasses
+
+    from hf_encdec.config.keys import BatchingArguments
+    from hf_encdec.config.training_args import EncDecTrainingArguments
+
+    declared = {f.name: f for f in dataclasses.fields(BatchingArguments)}["max_tokens"]
+    carried = {f.name: f for f in dataclasses.fields(EncDecTrainingArguments)}["max_tokens"]
+    assert (carried.default, carried.metadata) == (declared.default, declared.metadata)
+    config = RunConfig.from_dict({**BASE, "early_stopping_patience": 2, "max_tokens": 256})
+    arguments = config.training_arguments()
+    assert arguments.load_best_model_at_end and arguments.metric_for_best_model == "chrf"
+    assert (arguments.max_tokens, arguments.train_sampling_strategy) == (256, "token_budget")
