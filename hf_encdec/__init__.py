@@ -1,10 +1,11 @@
 """hf-encdec: fine-tune Hugging Face encoder-decoder models with one command.
 
-The public API mirrors the CLI: `train(config)` takes a RunConfig, a dict of flat keys, or a
-recipe path; `generate(model, inputs, preset=...)` runs a model over sources, in order;
-`evaluate(model, data_file, preset=...)` scores it on a file with references; `push(model_dir,
-repo_id)` uploads a finished run to the Hub. Heavy libraries load on first use, so
-`import hf_encdec` stays cheap.
+The public API is what the CLI runs, command for command: `train(config)` takes a RunConfig, a
+dict of flat keys, or a recipe path; `generate(model, inputs, preset=...)` runs a model over
+sources, in order, and `generate_file(model, input, output)` over a file, resumably;
+`evaluate(model, data_file, preset=...)` scores it on a file with references; `merge(model_dir)`
+merges a LoRA/IA3 run's adapter into its base; `push(model_dir, repo_id)` uploads a finished run
+to the Hub. Heavy libraries load on first use, so `import hf_encdec` stays cheap.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "DataError", "HubError", "ModelError", "RunConfig", "UserError", "evaluate", "generate",
-           "load_config", "push",
-           "train"]
+           "generate_file", "load_config", "merge", "push", "train"]
 
 
 def train(config: RunConfig | dict[str, Any] | str, *, verbosity: str | None = None) -> TrainResult:
@@ -57,12 +57,38 @@ def generate(model: Any, inputs: Any, preset: str | None = None, **options: Any)
     return _generate(model, inputs, preset, **options)
 
 
+def generate_file(model: str, input: str, output: str, preset: str | None = None, *, verbosity: str | None = None,
+                  **options: Any) -> dict[str, Any]:
+    """Run a model over an input file into an output file, in input order and resumable (see `hf-encdec generate`);
+    returns its counts (rows, generated, skipped, tokens, seconds ...)."""
+    from .config.job_keys import GenerateOptions, split_options
+    from .console import library_output, reporting
+    from .generation.jobs import generate_file as _generate_file
+
+    known, overrides = split_options(GenerateOptions, {"model": model, "input": input, "output": output,
+                                                       "preset": preset, **options})
+    with reporting(verbosity), library_output("transformers"):
+        return _generate_file(GenerateOptions(**known), overrides)
+
+
 def evaluate(model: str, data: str, preset: str | None = None, *, verbosity: str | None = None,
              **options: Any) -> dict[str, Any]:
-    """Generate for a file with references and return the task's metrics."""
+    """Generate for a file with references and return the task's metrics (see `hf-encdec evaluate`)."""
+    from .config.job_keys import EvaluateOptions, split_options
     from .console import library_output, reporting
-    from .generation.jobs import EvaluateOptions, evaluate_file, split_options
+    from .generation.jobs import evaluate_file
 
     known, overrides = split_options(EvaluateOptions, {"model": model, "data": data, "preset": preset, **options})
     with reporting(verbosity), library_output("transformers"):
         return evaluate_file(EvaluateOptions(**known), overrides)
+
+
+def merge(model_dir: str | Path, output_dir: str | Path | None = None, base: str | None = None, *,
+          verbosity: str | None = None) -> str:
+    """Merge a LoRA/IA3 run's adapter into its base model (see `hf-encdec merge`); returns where it was saved
+    (default MODEL_DIR/merged), a folder transformers alone loads."""
+    from .console import library_output, reporting
+    from .models.adapters import merge_saved
+
+    with reporting(verbosity), library_output("transformers"):
+        return merge_saved(str(model_dir), None if output_dir is None else str(output_dir), base)

@@ -1,7 +1,8 @@
 """`hf-encdec COMMAND ...`: argument parsing and error reporting only.
 
-Heavy libraries (torch, transformers) are imported by the commands, never here, so
-`hf-encdec --help` answers at once.
+Every command runs through the public API (hf_encdec/__init__.py), so the two cannot drift; the
+keys and their help come from config/. Heavy libraries (torch, transformers) are imported by the
+API's functions, never here, so `hf-encdec --help` answers at once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
+
+import hf_encdec
 
 from .errors import ConfigError, UserError, did_you_mean, disk_full, is_disk_full
 
@@ -126,7 +129,8 @@ def _report(err: UserError, debug: bool) -> int:
 
 
 def train_command(args: list[str]) -> int:
-    from .config.run_config import load_config, parse_overrides
+    from .config.coercion import parse_overrides
+    from .config.run_config import load_config
 
     if "-h" in args or "--help" in args:
         print(train_help())
@@ -140,12 +144,7 @@ def train_command(args: list[str]) -> int:
     config = load_config(recipe, overrides)  # validated here, before any process starts
     if wants_launch(launch_options):
         return launch(launch_options, without_launch_options(args))
-
-    from .console import library_output
-    from .training.run import train
-
-    with library_output("transformers", "datasets"):
-        train(config)  # it ends with the summary, and `model saved to DIR` on stdout
+    hf_encdec.train(config)  # it ends with the summary, and `model saved to DIR` on stdout
     return 0
 
 
@@ -161,13 +160,9 @@ def push_command(args: list[str]) -> int:
     parser.add_argument("--merge_lora", action="store_true", help="push the LoRA adapter merged into its base "
                         "model instead of the adapter")
     options = parser.parse_args(args)
-
-    from .console import library_output
-    from .publish.hub import push
-
-    with library_output("transformers"):
-        url = push(options.model, options.repo_id, private=True if options.private else None,
-                   revision=options.revision, commit_message=options.commit_message, merge_lora=options.merge_lora)
+    url = hf_encdec.push(options.model, options.repo_id, private=True if options.private else None,
+                         revision=options.revision, commit_message=options.commit_message,
+                         merge_lora=options.merge_lora)
     print(f"pushed {options.model} to {url}")
     return 0
 
@@ -199,8 +194,7 @@ def train_help() -> str:
 
 
 def merge_command(args: list[str]) -> int:
-    from .config.coercion import coerce
-    from .config.run_config import parse_overrides
+    from .config.coercion import coerce, parse_overrides
 
     usage = "usage: hf-encdec merge --model DIR [--output DIR] [--base ID_OR_DIR]"
     if "-h" in args or "--help" in args:
@@ -214,60 +208,51 @@ def merge_command(args: list[str]) -> int:
         coerce(key, value, str | None)  # a flag given without its value stops here
     if not options.get("model"):
         raise ConfigError("which run to merge?", key="model", hint="pass --model with the run's output_dir")
-
-    from .models.adapters import merge_saved
-    from .console import library_output
-
-    with library_output("transformers"):
-        merged = merge_saved(options["model"], options.get("output"), options.get("base"))
+    merged = hf_encdec.merge(options["model"], options.get("output"), options.get("base"))
     print(f"merged model saved to {merged}")
     return 0
 
 
 def generate_command(args: list[str]) -> int:
-    parsed = _parse_job(args, "generate", "GenerateOptions")
-    if parsed:
-        from .console import library_output
-        from .generation.jobs import generate_file
+    from .config.job_keys import GenerateOptions
 
-        with library_output("transformers"):
-            generate_file(*parsed)
+    values = _job_values(args, "generate", GenerateOptions)
+    if values is not None:
+        hf_encdec.generate_file(**values)
     return 0
 
 
 def evaluate_command(args: list[str]) -> int:
-    parsed = _parse_job(args, "evaluate", "EvaluateOptions")
-    if parsed:
-        from .console import library_output
-        from .generation.jobs import evaluate_file
+    from .config.job_keys import EvaluateOptions
 
-        with library_output("transformers"):
-            scores = evaluate_file(*parsed)
-        print(json.dumps(scores, indent=2))
+    values = _job_values(args, "evaluate", EvaluateOptions)
+    if values is not None:
+        print(json.dumps(hf_encdec.evaluate(**values), indent=2))
     return 0
 
 
-def _parse_job(args: list[str], command: str, class_name: str) -> tuple | None:
-    """(options, GenerationConfig overrides) of a generate/evaluate job; None after printing --help."""
+def _job_values(args: list[str], command: str, options_class: type) -> dict | None:
+    """The flat keys of a generate/evaluate job, checked; None after printing --help."""
+    from .config.coercion import parse_overrides
+    from .config.job_keys import split_options
+
     if "-h" in args or "--help" in args:
-        print(options_help(command, class_name))
+        print(options_help(command, options_class))
         return None
-    from .generation import jobs
-    from .config.run_config import parse_overrides
-
-    options_class = getattr(jobs, class_name)
-    options, overrides = jobs.split_options(options_class, parse_overrides(args))
-    return options_class(**options), overrides
+    values = parse_overrides(args)
+    split_options(options_class, values)  # a missing --model is reported here like any other mistake
+    return values
 
 
-def options_help(command: str, class_name: str) -> str:
+def options_help(command: str, options_class: type) -> str:
+    """The required keys first, then the others as declared (the shared ones, then the command's own)."""
     import dataclasses
 
-    from .generation import jobs
-
+    fields = dataclasses.fields(options_class)
+    required = [f for f in fields if f.default is dataclasses.MISSING]
     lines = [f"usage: hf-encdec {command} --key value ...", ""]
-    for f in dataclasses.fields(getattr(jobs, class_name)):
-        default = "required" if f.default is dataclasses.MISSING else f"default: {f.default!r}"
+    for f in required + [f for f in fields if f not in required]:
+        default = "required" if f in required else f"default: {f.default!r}"
         lines.append(f"  --{f.name:<20} {f.metadata['help']} ({default})")
     lines += ["",
               ("Any GenerationConfig field overrides the preset: --num_beams 6, --num_return_sequences 3, "

@@ -68,11 +68,12 @@ def reporting(verbosity: str | None = None, *, command_line: bool = False) -> It
         from .errors import ConfigError
 
         raise ConfigError(f"unknown verbosity {verbosity!r}", key="verbosity", hint=f"one of {', '.join(VERBOSITIES)}")
+    current = verbosity or (_active[-1] if _active else "normal")  # an API call inside a command keeps its flags
     with ExitStack() as stack:
-        _active.append(verbosity or "normal")
+        _active.append(current)
         stack.callback(_active.pop)
         stack.enter_context(_our_loggers(verbosity, command_line))
-        if verbosity != "verbose":
+        if current != "verbose":
             stack.enter_context(_harmless_warnings_hidden())
         yield
 

@@ -40,6 +40,19 @@ def test_help_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
+def test_every_command_runs_through_the_public_api():
+    """cli.py parses (config/) and reports; running a command is the API's, so the two cannot drift."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(cli.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {name for name in imported if name.split(".")[0] in ("training", "generation", "publish", "models")}
+    import hf_encdec
+
+    assert {"train", "generate_file", "evaluate", "merge", "push"} <= set(hf_encdec.__all__)
+
+
 def test_train_help_lists_keys(capsys):
     code, out, _ = run_cli(capsys, "train", "--help")
     assert code == 0

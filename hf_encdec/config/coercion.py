@@ -3,7 +3,8 @@
 Command-line values arrive as strings and PyYAML reads `3e-4` as a string (YAML 1.1), so
 numbers, booleans and lists are parsed here by declared type rather than trusted to the parser.
 A command-line value is read as YAML only where its key takes a list or a mapping: `--source_prefix
-"[fix] "` stays the text it is.
+"[fix] "` stays the text it is. Keys of our dataclasses, `Seq2SeqTrainingArguments` and
+`GenerationConfig` fields (by their documented types) are all converted here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from typing import Any
 
 from . import strict_yaml
 from ..errors import ConfigError
-from .library_fields import LibraryType
+from .library_fields import LibraryType, generation_field_types
+
+# The command line's spellings of null: `--validation_split null`.
+NULL_WORDS = ("null", "none", "~")
 
 
 def _type_name(annotation: Any) -> str:
@@ -40,10 +44,11 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
         if type(None) in members:
             return None
         raise ConfigError("needs a value, got null", key=key, hint=f"give a {_type_name(annotation)}")
-    if isinstance(value, str) and value.lstrip()[:1] in ("[", "{") and any(map(_is_container, members)):
-        value = strict_yaml.load(value, key=key)  # `--metrics [bleu, chrf]`, `--presets '{"b6": {...}}'`
     if isinstance(value, BareFlag) and bool not in members:
         raise ConfigError("needs a value", key=key, hint=f"give --{key} VALUE")
+    if isinstance(value, str) and (YamlText in members or (value.lstrip()[:1] in ("[", "{")
+                                                           and any(map(_is_container, members)))):
+        value = strict_yaml.load(value, key=key)  # `--metrics [bleu, chrf]`, `--presets '{"b6": {...}}'`
     for member in sorted(members, key=lambda m: isinstance(m, type) and issubclass(m, LibraryType)):
         if member is type(None):
             continue
@@ -52,6 +57,45 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
             return converted
     expected = " or ".join(_type_name(m) for m in members if m is not type(None))
     raise ConfigError(f"expected {expected}, got {value!r}", key=key)
+
+
+def coerce_generation_field(field: str, value: Any) -> Any:
+    """A value for a GenerationConfig field: text converted by the field's documented type, or read as YAML where
+    the field is documented with a richer one (`--suppress_tokens [5, 7]`, `--eos_token_id 2`).
+
+    Other values (the Python API's) are left as they are, for presets.check_fields to judge by the documented type.
+    """
+    if not isinstance(value, str):
+        return value
+    return coerce(field, value, generation_field_types().get(field) or YamlText)
+
+
+class YamlText:
+    """The declared type of a GenerationConfig field documented as more than one scalar type (eos_token_id,
+    suppress_tokens, sequence_bias ...): its text is read as YAML, which reads JSON too; transformers checks it."""
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`--key value`, `--key=value` and a bare `--flag` (true) into flat keys.
+
+    `null` means None; every other value stays text for coerce() to convert by its key's declared type.
+    """
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}", hint="keys are given as --key value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+                i += 1
+            else:
+                value = BareFlag()
+        values[key] = None if not isinstance(value, BareFlag) and value.lower() in NULL_WORDS else value
+        i += 1
+    return values
 
 
 class BareFlag(str):
@@ -70,7 +114,7 @@ _NO = object()
 
 def _convert(value: Any, target: Any) -> Any:
     origin = typing.get_origin(target)
-    if target is Any:
+    if target is Any or target is YamlText:
         return value
     if target is bool:
         if isinstance(value, bool):

@@ -1,7 +1,9 @@
 """The keys of a run, grouped by concern, each documented once (help, choices, limits in `metadata`).
 
 `hf-encdec train --help` is generated from these dataclasses; `RunConfig` (run_config.py) holds one
-of each plus every `Seq2SeqTrainingArguments` field, and validates them together.
+of each plus every `Seq2SeqTrainingArguments` field, and validates them together. The Trainer's
+arguments carry the batching keys as declared here (training_args.py); generate's and evaluate's
+keys are job_keys.py's.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from . import strict_yaml
-from .coercion import BareFlag, coerce
 from ..errors import ConfigError, did_you_mean
 from .library_fields import generation_field_types
 from ..rundir import GENERATION_CONFIG, PRESET_DIR
@@ -258,19 +257,3 @@ def decoding_fields(config) -> dict[str, Any]:
     fields = {key: getattr(config, key) for key in DECODING_DEFAULTS}
     fields["max_new_tokens"] = new_tokens(config)
     return fields
-
-
-def parse_value(field: str, value: Any) -> Any:
-    """A command-line value for a GenerationConfig field, converted by the field's documented type.
-
-    Fields documented with a richer type (eos_token_id, suppress_tokens, sequence_bias ...) are read as
-    YAML, which reads JSON too: `--suppress_tokens [5, 7]`.
-    """
-    if not isinstance(value, str):
-        return value
-    declared = generation_field_types().get(field)
-    if isinstance(value, BareFlag) and declared is not bool:
-        raise ConfigError("needs a value", key=field, hint=f"give --{field} VALUE")
-    if declared is not None:
-        return coerce(field, value, declared)
-    return strict_yaml.load(value, key=field)

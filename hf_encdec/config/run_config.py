@@ -32,7 +32,7 @@ from .keys import (
     ModelArguments,
     RunArguments,
 )
-from .coercion import BareFlag, coerce
+from .coercion import coerce
 from ..errors import ConfigError, did_you_mean
 from .library_fields import training_argument_types
 from ..data.tasks import TASKS
@@ -58,12 +58,15 @@ def _training_value_problems(training: dict[str, Any]) -> list[ConfigError]:
     return problems
 
 
+def is_local_path(name: str) -> bool:
+    """A name that means this machine's files (a path, or a folder that exists here), not a Hub id."""
+    return name.startswith(("/", ".", "~")) or Path(name).exists()
+
+
 def _looks_like_hub_id(name: str) -> bool:
     """A Hub id that is not also a local path (base_model names the base model for others to find)."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
-
-    from ..models.loading import is_local_path
 
     try:
         validate_repo_id(name)
@@ -252,7 +255,7 @@ class RunConfig:
                 or self._training_argument_problems())
 
     def _scratch_model_problems(self) -> list[ConfigError]:
-        from ..models.build import check_scratch_config
+        from .model_config import check_scratch_config
 
         try:
             if self.model.model_config is not None:
@@ -324,27 +327,25 @@ class RunConfig:
         return names, self.run.presets, self.model.trust_remote_code, {"num_beams": beams} if beams else None
 
     def _training_argument_problems(self) -> list[ConfigError]:
-        # Early stopping keeps the best checkpoint (training.build_trainer): checked as it will run.
-        best = {"load_best_model_at_end": True} if self.run.early_stopping_patience else {}
         try:
-            self.training_arguments(**best)
+            self.training_arguments()
         except (ValueError, TypeError) as err:
             return [ConfigError(f"rejected by Seq2SeqTrainingArguments: {err}")]
         return []
 
-    def training_arguments(self, **overrides: Any):
-        import torch
+    def training_arguments(self):
+        """The Trainer's arguments for this run, as validation checks them and the Trainer runs with them."""
+        from .training_args import build_training_arguments
 
-        from ..training.trainer import EncDecTrainingArguments
+        return build_training_arguments(self.training, self.batching, **self._best_model())
 
-        batching = {"train_sampling_strategy": self.batching.strategy(), "max_tokens": self.batching.max_tokens}
-        # Pinned memory only speeds copies to a GPU; without one, torch warns at every evaluation.
-        pinning = {} if "dataloader_pin_memory" in self.training else {
-            "dataloader_pin_memory": torch.cuda.is_available()}
-        # hf-encdec pushes (publish/hub.py), not the Trainer: its push would run before our outputs are written,
-        # and a hub_token inside the arguments would be pickled into every checkpoint's training_args.bin.
-        return EncDecTrainingArguments(**{**pinning, **_current_names(self.training), **batching, **overrides,
-                                          "push_to_hub": False, "hub_token": None})
+    def _best_model(self) -> dict[str, Any]:
+        """Early stopping keeps the best checkpoint, by the task's metric unless metric_for_best_model names one."""
+        task = TASKS.get(self.data.task)
+        if not self.run.early_stopping_patience or task is None:
+            return {}
+        return {"load_best_model_at_end": True,
+                "metric_for_best_model": self.training.get("metric_for_best_model") or task.best_metric}
 
     def gradient_checkpointing(self) -> bool:
         return bool(self.training.get("activation_checkpointing") or self.training.get("gradient_checkpointing"))
@@ -381,31 +382,6 @@ def read_recipe(path: str) -> dict[str, Any]:
     return values
 
 
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """`--key value`, `--key=value` and a bare `--flag` (true) into flat keys."""
-    values: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--") or arg == "--":
-            raise ConfigError(f"unexpected argument {arg!r}", hint="keys are given as --key value")
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 < len(args) and not args[i + 1].startswith("--"):
-                value = args[i + 1]
-                i += 1
-            else:
-                value = BareFlag()
-        values[key] = value if isinstance(value, BareFlag) else _cli_value(value)
-        i += 1
-    return values
-
-
-def _cli_value(text: str) -> Any:
-    """`null` means None; the rest stays a string for coerce() to convert by declared type."""
-    return None if text.lower() in ("null", "none", "~") else text
-
-
 def load_config(recipe: str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Recipe (optional) < overrides, validated."""
     values = read_recipe(recipe) if recipe else {}
@@ -433,17 +409,3 @@ def read_saved_config(folder: Path) -> RunConfig:
     return RunConfig(model=ModelArguments(**grouped["model"]), data=DataArguments(**grouped["data"]),
                      run=RunArguments(**grouped["run"]), training=training,
                      adapter=AdapterArguments(**grouped["adapter"]), batching=BatchingArguments(**grouped["batching"]))
-
-
-# transformers 5.x renamed these TrainingArguments and warns (FutureWarning) at every run given the old
-# names, which run_translation.py users and our recipes pass: handed on under the name the library reads.
-RENAMED_TRAINING_KEYS = {"gradient_checkpointing": "activation_checkpointing",
-                         "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
-
-
-def _current_names(training: dict[str, Any]) -> dict[str, Any]:
-    from .library_fields import training_argument_types
-
-    known = training_argument_types()
-    renamed = {old: new for old, new in RENAMED_TRAINING_KEYS.items() if new in known and new not in training}
-    return {renamed.get(key, key): value for key, value in training.items()}

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ..batching import batch_by_size
+from ..config.job_keys import BACKENDS, DEFAULT_MAX_TOKENS, DEFAULT_SOURCE_LIMIT, DEFAULT_WINDOW, check_batching
 from ..errors import ConfigError, ModelError
 from ..models.decoding import decoding_kwargs
 from .backend import Prediction, encode_sources
@@ -29,13 +30,6 @@ from .ct2 import Ct2Generator
 
 logger = logging.getLogger("hf_encdec.generation")
 
-DEFAULT_MAX_TOKENS = 6000  # padded source tokens a batch; measured by scripts/bench_generate.py on CPU
-DEFAULT_WINDOW = 2000  # rows sorted together; also how much work a kill can lose
-# Tokens a source keeps when neither the user, the model's positions nor its tokenizer set a limit:
-# relative-position models (T5) have none, and their tokenizers often name none either (model_max_length
-# is then ~1e30). Without one, a 1 MB line asks for an attention matrix of its length squared (terabytes).
-# 1024 is twice T5's pretraining length and BART's position limit.
-DEFAULT_SOURCE_LIMIT = 1024
 
 
 @dataclass
@@ -109,14 +103,6 @@ def source_budget(max_tokens: int | None, config) -> int:
     multiplies every batch, so each row's share shrinks by that width."""
     width = max(config.num_beams or 1, config.num_return_sequences or 1)
     return max(1, (max_tokens or DEFAULT_MAX_TOKENS) // width)
-
-
-def check_batching(max_tokens: int | None, batch_size: int | None, max_source_length: int | None) -> None:
-    if max_tokens is not None and batch_size is not None:
-        raise ConfigError("give max_tokens or batch_size, not both", key="max_tokens")
-    for key, value in (("max_tokens", max_tokens), ("batch_size", batch_size), ("max_source_length", max_source_length)):
-        if value is not None and value < 1:
-            raise ConfigError(f"must be a positive number, got {value}", key=key)
 
 
 class Generator:
@@ -201,9 +187,6 @@ class Generator:
         steps = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
         steps = steps.masked_fill(~steps.isfinite(), 0.0)
         return [round(s, 6) for s in steps.sum(dim=1).tolist()]
-
-
-BACKENDS = ("transformers", "ct2")
 
 
 def make_generator(loaded: LoadedModel, generation_config, *, backend: str = "transformers", **settings: Any):

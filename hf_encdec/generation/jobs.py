@@ -10,24 +10,18 @@ files), so a mistake there costs no model load; generate then locks its output f
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import logging
 import time
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import console, distributed
-from ..errors import ConfigError, DataError, did_you_mean, disk_full, is_disk_full
+from ..config.job_keys import DEFAULT_WINDOW, EvaluateOptions, GenerateOptions
+from ..errors import ConfigError, DataError, disk_full, is_disk_full
 from .generator import (
-    BACKENDS,
-    DEFAULT_SOURCE_LIMIT,
-    DEFAULT_WINDOW,
     LoadedModel,
-    check_batching,
     load_model,
     make_generator,
     prefix_for,
@@ -55,94 +49,6 @@ from ..data.streaming import (
 logger = logging.getLogger("hf_encdec.generation")
 
 SHOW_EXAMPLES = 5
-
-
-@dataclass
-class GenerateOptions:
-    model: str = field(metadata={"help": "Model directory (full, LoRA adapter or warm-started pair) or Hub id."})
-    input: str = field(metadata={"help": ".txt (one source a line), .jsonl, .csv, .tsv or .parquet."})
-    output: str = field(metadata={"help": ".jsonl (input fields + prediction) or .txt (one prediction a line)."})
-    preset: str | None = field(default=None, metadata={"help": "Decoding preset; default: the model's "
-                                                       "generation_config.json."})
-    presets: str | None = field(default=None, metadata={"help": "YAML/JSON file of your own presets."})
-    max_tokens: int | None = field(default=None, metadata={"help": "Padded source tokens per batch (default 6000)."})
-    batch_size: int | None = field(default=None, metadata={"help": "Fixed sources per batch instead of a budget."})
-    source_column: str | None = field(default=None, metadata={"help": "Input column; default from the model's "
-                                                              "run_config.yaml or the task's usual names."})
-    source_prefix: str | None = field(default=None, metadata={"help": "Text before every source; default: the "
-                                                              "model's training prefix."})
-    max_source_length: int | None = field(default=None, metadata={
-        "help": "Longer sources are truncated (counted in the summary). Default: the model's position limit, else "
-        f"the tokenizer's model_max_length, else {DEFAULT_SOURCE_LIMIT} (T5 and other relative-position models)."})
-    on_error: str | None = field(default=None, metadata={
-        "help": "Bad rows: fail or skip. Default: fail on unreadable rows, skip (and report) empty sources.",
-        "choices": ["fail", "skip"]})
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output file (never an input)."})
-    window: int = field(default=DEFAULT_WINDOW, metadata={"help": "Rows sorted together (and committed together)."})
-    seed: int = field(default=42, metadata={"help": "Seed of sampling presets."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code (moved-out decoding methods)."})
-    allow_pickle: bool = field(default=False, metadata={"help": "Load pickle-only weights (pytorch_model.bin) "
-                                                        "with weights_only=True; off: unpickling can run code."})
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
-    backend: str = field(default="transformers", metadata={
-        "help": "transformers, or ct2: CTranslate2 (converted once, cached beside the model as <model>.ct2).",
-        "choices": list(BACKENDS)})
-
-
-@dataclass
-class EvaluateOptions:
-    model: str = field(metadata={"help": "Model directory or Hub id."})
-    data: str = field(metadata={"help": "File with sources and references (the formats training reads)."})
-    preset: str | None = field(default=None, metadata={"help": "Decoding preset; default: generation_config.json."})
-    presets: str | None = field(default=None, metadata={"help": "YAML/JSON file of your own presets."})
-    max_tokens: int | None = field(default=None, metadata={"help": "Padded source tokens per batch (default 6000)."})
-    batch_size: int | None = field(default=None, metadata={"help": "Fixed sources per batch instead of a budget."})
-    source_column: str | None = field(default=None, metadata={"help": "Default: the model's run_config.yaml."})
-    target_column: str | None = field(default=None, metadata={"help": "Default: the model's run_config.yaml."})
-    source_prefix: str | None = field(default=None, metadata={"help": "Default: the model's training prefix."})
-    metrics: list[str] | None = field(default=None, metadata={"help": "Default: the model's task metrics."})
-    output: str | None = field(default=None, metadata={"help": "Write the metrics to this .json file."})
-    predictions: str | None = field(default=None, metadata={"help": "Write source/reference/prediction .jsonl."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace existing --output / --predictions files."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code (moved-out decoding methods)."})
-    allow_pickle: bool = field(default=False, metadata={"help": "Load pickle-only weights (pytorch_model.bin) "
-                                                        "with weights_only=True; off: unpickling can run code."})
-    backend: str = field(default="transformers", metadata={
-        "help": "transformers, or ct2: CTranslate2 (converted once, cached beside the model as <model>.ct2).",
-        "choices": list(BACKENDS)})
-
-
-def split_options(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Flat keys into (our options, GenerationConfig overrides), every value checked before the model loads."""
-    from ..config.coercion import coerce
-    from ..data.metrics import check_metric_names
-    from ..config.presets import check_fields, check_preset_fields, generation_fields, parse_value
-
-    typed = typing.get_type_hints(cls)
-    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
-    ours, overrides, known = {}, {}, generation_fields()
-    for key, value in values.items():
-        if key in typed:
-            ours[key] = coerce(key, value, typed[key])
-        elif key in known:
-            overrides[key] = parse_value(key, value)
-        else:
-            raise ConfigError("unknown option", key=key, hint=did_you_mean(key, [*typed, *known]) or "see --help")
-    for key in required:
-        if ours.get(key) is None or not str(ours[key]).strip():
-            raise ConfigError("is required", key=key, hint=f"give --{key} a value")
-    for f in dataclasses.fields(cls):
-        choices, value = f.metadata.get("choices"), ours.get(f.name)
-        if choices and value is not None and value not in choices:
-            hint = did_you_mean(value, choices) or f"choose one of {', '.join(choices)}"
-            raise ConfigError(f"unknown value {value!r}", key=f.name, hint=hint)
-    check_batching(ours.get("max_tokens"), ours.get("batch_size"), ours.get("max_source_length"))
-    check_metric_names(ours.get("metrics") or [])
-    check_fields(None, overrides)
-    problems = check_preset_fields([], ours.get("presets"))  # the user's presets file, every preset in it
-    if problems:
-        raise problems[0]
-    return ours, overrides
 
 
 # ----------------------------------------------------------------------------- input checks

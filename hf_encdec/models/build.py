@@ -14,7 +14,8 @@ from typing import Any
 
 from . import warm_start
 from .. import console
-from ..errors import ConfigError, ModelError, did_you_mean
+from ..config.model_config import SCRATCH_CONFIG_CLASSES, scratch_architecture_name
+from ..errors import ConfigError, ModelError
 from .sources import hub_kwargs, tokenizer_source
 
 logger = logging.getLogger("hf_encdec.modeling")
@@ -26,9 +27,9 @@ FP16_UNSAFE_MODEL_TYPES = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
 
 @dataclass(frozen=True)
 class ScratchArchitecture:
-    """How to build one architecture from scratch: config, model class, start token, template."""
+    """How to build one architecture from scratch: model class, start token, template (its config class and the
+    check of model_config: config/model_config.py)."""
 
-    config_class: str
     model_class: str
     # T5 and Marian start decoding from the pad token, BART from </s> (their pretraining set-ups).
     decoder_start: str
@@ -44,19 +45,19 @@ class ScratchArchitecture:
 
 SCRATCH_ARCHITECTURES: dict[str, ScratchArchitecture] = {
     "t5": ScratchArchitecture(
-        "T5Config", "T5ForConditionalGeneration", "pad", "$A </s>",
+        "T5ForConditionalGeneration", "pad", "$A </s>",
         # num_decoder_layers is left out so that it follows num_layers (T5Config does that).
         {"d_model": 256, "d_ff": 1024, "d_kv": 32, "num_heads": 8, "num_layers": 3,
          "feed_forward_proj": "relu", "dropout_rate": 0.1},
     ),
     "bart": ScratchArchitecture(
-        "BartConfig", "BartForConditionalGeneration", "eos", "<s> $A </s>",
+        "BartForConditionalGeneration", "eos", "<s> $A </s>",
         {"d_model": 256, "encoder_layers": 3, "decoder_layers": 3, "encoder_attention_heads": 4,
          "decoder_attention_heads": 4, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024,
          "max_position_embeddings": 1024, "dropout": 0.1},
     ),
     "marian": ScratchArchitecture(
-        "MarianConfig", "MarianMTModel", "pad", "$A </s>",
+        "MarianMTModel", "pad", "$A </s>",
         {"d_model": 256, "encoder_layers": 3, "decoder_layers": 3, "encoder_attention_heads": 4,
          "decoder_attention_heads": 4, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024,
          "max_position_embeddings": 1024, "dropout": 0.1, "share_encoder_decoder_embeddings": True},
@@ -94,42 +95,8 @@ def check_precision(model_type: str, training: dict[str, Any]) -> None:
 
 
 def scratch_architecture(model_config: dict[str, Any]) -> tuple[str, ScratchArchitecture]:
-    name = model_config.get("architecture")
-    if name not in SCRATCH_ARCHITECTURES:
-        raise ConfigError(
-            f"unknown architecture {name!r}",
-            key="model_config.architecture",
-            hint=f"choose one of {', '.join(SCRATCH_ARCHITECTURES)}",
-        )
+    name = scratch_architecture_name(model_config)
     return name, SCRATCH_ARCHITECTURES[name]
-
-
-def check_scratch_config(model_config: dict[str, Any]) -> None:
-    """Every model_config key a field of the architecture's config class, of its type.
-
-    The config classes take unknown keys silently (a typo'd `num_layer` would train the default size)
-    and any type (`d_model: big` fails inside torch, after the data is read and the tokenizer trained).
-    """
-    import transformers
-
-    _, arch = scratch_architecture(model_config)
-    known = getattr(transformers, arch.config_class)().to_dict()
-    for key, value in model_config.items():
-        if key == "architecture":
-            continue
-        if key not in known:
-            raise ConfigError(f"{arch.config_class} has no field {key!r}", key=f"model_config.{key}",
-                              hint=did_you_mean(key, known) or "see the config class documentation")
-        default = known[key]
-        expected = type(default) if isinstance(default, (bool, int, float, str)) else None
-        numeric = expected is float and isinstance(value, int) and not isinstance(value, bool)
-        if expected is not None and not numeric and type(value) is not expected:
-            raise ConfigError(f"expected {expected.__name__} (like the default {default!r}), got {value!r}",
-                              key=f"model_config.{key}")
-        if expected is int and default > 0 and value <= 0:  # layer and head counts, sizes: torch fails on them later
-            raise ConfigError(f"must be positive, got {value}", key=f"model_config.{key}")
-        if expected is float and value < 0:  # dropout rates, scales
-            raise ConfigError(f"must be >= 0, got {value}", key=f"model_config.{key}")
 
 
 def build_model(model_args: Any, quantization_config: Any = None, *, tokenizer_texts: Callable[[], list[str]],
@@ -224,7 +191,7 @@ def build_scratch(model_args: Any, texts: list[str], max_positions: int):
     import transformers
 
     name, arch = scratch_architecture(model_args.model_config)
-    config_class = getattr(transformers, arch.config_class)
+    config_class = getattr(transformers, SCRATCH_CONFIG_CLASSES[name])
     sizes = {**arch.defaults, **{k: v for k, v in model_args.model_config.items() if k != "architecture"}}
     known = config_class().to_dict()
     tokenizer = train_tokenizer(texts, model_args.tokenizer_vocab_size, arch.template, arch.marian_vocabulary)

@@ -41,11 +41,6 @@ TOKENIZER_HINT = ("save the model's tokenizer into the folder with tokenizer.sav
                   "--tokenizer_name can also name the folder or Hub id of the tokenizer it was trained with")
 
 
-def is_local_path(name: str) -> bool:
-    """A name that means this machine's files (a path, or a folder that exists here), not a Hub id."""
-    return name.startswith(("/", ".", "~")) or Path(name).exists()
-
-
 def local_folder(name: str, key: str, holds: str = "the model") -> Path | None:
     """The folder `name` names, or None for a Hub id; a file, a missing folder or an impossible id is refused."""
     from huggingface_hub.errors import HFValidationError

@@ -19,9 +19,8 @@ from typing import Any
 
 from .. import __version__
 from ..config.keys import TRAINING_DEFAULTS
-from ..config.run_config import RunConfig, read_saved_config
+from ..config.run_config import RunConfig, is_local_path, read_saved_config
 from ..console import duration
-from ..models.loading import is_local_path
 from .plots import plot_files
 from ..config.presets import DECODING_DEFAULTS
 from ..rundir import (ADAPTER_CONFIG, CARD, CARD_TAG, DECODER_TOKENIZER_DIR, PRESET_DIR, RUN_CONFIG, TRAINER_STATE,
@@ -331,9 +330,9 @@ def _procedure(metrics: dict[str, Any], state: dict[str, Any]) -> str:
 
 
 def _hyperparameter_table(config: RunConfig) -> str:
-    from transformers import Seq2SeqTrainingArguments
+    from ..config.training_args import build_training_arguments
 
-    defaults = Seq2SeqTrainingArguments(output_dir=TRAINING_DEFAULTS["output_dir"])
+    defaults = build_training_arguments({"output_dir": TRAINING_DEFAULTS["output_dir"]})
     rows = ["| key | value |", "|---|---|"]
     max_steps = config.training.get("max_steps", defaults.max_steps)
     # max_steps, when set, ends the run whatever num_train_epochs says: only the limit that applied is shown.

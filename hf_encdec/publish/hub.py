@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .card import refresh_model_card
-from ..config.run_config import RunConfig
+from ..config.run_config import RunConfig, is_local_path
 from ..errors import ConfigError, HubError, ModelError
-from ..models.loading import is_local_path
 from ..rundir import (ADAPTER_CONFIG, CARD, GENERATION_CONFIG, METRICS, MODEL_CONFIG, PLOTS_DIR, PRESET_DIR, RUN_CONFIG,
                       TOKENIZER_FILES, TRAINER_STATE, WEIGHT_FILES, adapter_base, checkpoint_name, read_adapter_config,
                       read_run_config)

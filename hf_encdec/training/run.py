@@ -20,6 +20,7 @@ from ..publish import hub
 from ..data import reader as data_lib
 from ..models.adapters import apply_peft, quantization_config, save_merged
 from ..config.run_config import RunConfig, load_config
+from ..config.run_inputs import check_apart_from_inputs
 from ..errors import ConfigError
 from ..models.build import (
     build_model,
@@ -115,7 +116,7 @@ def check_output_dir(config: RunConfig) -> str | None:
     Returns the checkpoint to resume from, if any.
     """
     out = _output_dir(config)
-    rundir.check_apart_from_inputs(config, out)
+    check_apart_from_inputs(config, out)
     if out.exists() and not out.is_dir():
         raise ConfigError("output_dir is a file", key="output_dir", path=str(out), hint="choose a directory path")
     existing = out.parent if not out.exists() else out
@@ -385,13 +386,10 @@ def build_trainer(config: RunConfig, task: TaskAdapter, model, tokenizer, splits
     from .collator import Seq2SeqCollator, decoder_inputs_from_labels
     from .trainer import EncDecTrainer, token_level_loss
 
-    overrides: dict[str, Any] = {}
     callbacks = []
-    if config.run.early_stopping_patience:
+    if config.run.early_stopping_patience:  # the arguments keep the best checkpoint (RunConfig.training_arguments)
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.run.early_stopping_patience))
-        overrides = {"load_best_model_at_end": True,
-                     "metric_for_best_model": config.training.get("metric_for_best_model") or task.best_metric}
-    args = config.training_arguments(**overrides)
+    args = config.training_arguments()
     collator = Seq2SeqCollator(
         tokenizer, decoder_inputs=decoder_inputs_from_labels(model),
         label_pad_token_id=-100 if config.data.ignore_pad_token_for_loss else tokenizer.pad_token_id,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +20,6 @@ from ..rundir import TRAINER_STATE
 from ..models.decoding import decoding_kwargs
 
 logger = logging.getLogger("hf_encdec.train")
-
-
-@dataclass
-class EncDecTrainingArguments(Seq2SeqTrainingArguments):
-    """Seq2SeqTrainingArguments plus token-budget batching (`train_sampling_strategy: token_budget`)."""
-
-    max_tokens: int | None = field(
-        default=None,
-        metadata={"help": "Padded source + target tokens per training batch (train_sampling_strategy token_budget)."},
-    )
 
 
 def token_level_loss(outputs, labels, num_items_in_batch=None):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from hf_encdec.config.run_config import RunConfig, load_config, parse_overrides
+from hf_encdec.config.coercion import parse_overrides
+from hf_encdec.config.run_config import RunConfig, load_config
 from hf_encdec.errors import ConfigError
 
 BASE = {"model_name_or_path": "some/model", "train_file": "train.jsonl"}
@@ -230,3 +231,46 @@ def test_save_steps_alone_saves_every_n_steps_through_the_cli(tiny_models, pair_
                  "--disable_tqdm", "true", "--save_total_limit", "null"]) == 0
     assert yaml.safe_load((out / "run_config.yaml").read_text())["save_strategy"] == "steps"
     assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-2", "checkpoint-4"}
+
+
+def test_one_parser_reads_command_line_values_for_our_keys_and_generation_fields():
+    from hf_encdec.config.coercion import BareFlag, coerce_generation_field
+
+    values = parse_overrides(["--num_beams", "4", "--suppress_tokens", "[5, 7]", "--eos_token_id", "2",
+                              "--preset", "null", "--do_sample"])
+    assert values["preset"] is None and isinstance(values["do_sample"], BareFlag)
+    assert coerce_generation_field("num_beams", values["num_beams"]) == 4  # documented `int`
+    assert coerce_generation_field("suppress_tokens", values["suppress_tokens"]) == [5, 7]  # richer: read as YAML
+    assert coerce_generation_field("eos_token_id", values["eos_token_id"]) == 2
+    assert coerce_generation_field("do_sample", values["do_sample"]) is True
+    assert coerce_generation_field("num_beams", True) is True  # the Python API's values: check_fields judges them
+    with pytest.raises(ConfigError, match="needs a value"):
+        coerce_generation_field("num_beams", BareFlag())
+    with pytest.raises(ConfigError, match="expected int"):
+        coerce_generation_field("num_beams", "two")
+
+
+def test_generate_and_evaluate_share_their_common_keys_declared_once():
+    import dataclasses
+
+    from hf_encdec.config.job_keys import EvaluateOptions, GenerateOptions, JobOptions
+
+    shared = {f.name: f for f in dataclasses.fields(JobOptions)}
+    for options in (GenerateOptions, EvaluateOptions):
+        fields = {f.name: f for f in dataclasses.fields(options)}
+        assert all(fields[name].metadata == field.metadata for name, field in shared.items())
+
+
+def test_the_trainer_arguments_carry_the_batching_keys_as_declared_with_early_stopping_built_in():
+    import dataclasses
+
+    from hf_encdec.config.keys import BatchingArguments
+    from hf_encdec.config.training_args import EncDecTrainingArguments
+
+    declared = {f.name: f for f in dataclasses.fields(BatchingArguments)}["max_tokens"]
+    carried = {f.name: f for f in dataclasses.fields(EncDecTrainingArguments)}["max_tokens"]
+    assert (carried.default, carried.metadata) == (declared.default, declared.metadata)
+    config = RunConfig.from_dict({**BASE, "early_stopping_patience": 2, "max_tokens": 256})
+    arguments = config.training_arguments()
+    assert arguments.load_best_model_at_end and arguments.metric_for_best_model == "chrf"
+    assert (arguments.max_tokens, arguments.train_sampling_strategy) == (256, "token_budget")

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from hf_encdec.config.coercion import _union_members
-from hf_encdec.config.run_config import RunConfig, load_config, parse_overrides
+from hf_encdec.config.coercion import parse_overrides
+from hf_encdec.config.run_config import RunConfig, load_config
 from hf_encdec.errors import ConfigError
 from hf_encdec.config.library_fields import LibraryType, generation_field_types, training_argument_types
 

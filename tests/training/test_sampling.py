@@ -139,7 +139,8 @@ def _tiny_trainer(tmp_path, dataset, **args):
     import torch
     from transformers import DataCollatorForSeq2Seq, T5Config, T5ForConditionalGeneration
 
-    from hf_encdec.training.trainer import EncDecTrainer, EncDecTrainingArguments, token_level_loss
+    from hf_encdec.config.training_args import EncDecTrainingArguments
+    from hf_encdec.training.trainer import EncDecTrainer, token_level_loss
 
     torch.manual_seed(0)
     model = T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_ff=32, d_kv=4, num_heads=2,
