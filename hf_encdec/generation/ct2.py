@@ -18,7 +18,7 @@ from typing import Any
 
 from ..distributed import state
 from ..errors import ConfigError, ModelError
-from .generator import encode_sources
+from .sources import encode_sources
 from ..config.presets import new_tokens
 
 logger = logging.getLogger("hf_encdec.generation")

@@ -24,20 +24,12 @@ import yaml
 from ..batching import batch_by_size
 from ..errors import ConfigError, ModelError
 from ..models.decoding import decoding_kwargs
+from .sources import encode_sources, source_limit
 
 logger = logging.getLogger("hf_encdec.generation")
 
 DEFAULT_MAX_TOKENS = 6000  # padded source tokens a batch; measured by scripts/bench_generate.py on CPU
 DEFAULT_WINDOW = 2000  # rows sorted together; also how much work a kill can lose
-# Tokens a source keeps when neither the user, the model's positions nor its tokenizer set a limit:
-# relative-position models (T5) have none, and their tokenizers often name none either (model_max_length
-# is then ~1e30). Without one, a 1 MB line asks for an attention matrix of its length squared (terabytes).
-# 1024 is twice T5's pretraining length and BART's position limit.
-DEFAULT_SOURCE_LIMIT = 1024
-# Characters of a long source tokenized per token it may keep: SentencePiece pieces span at most 16,
-# typical tokens 3 to 5, so the head almost always holds every token kept (else the whole is tokenized).
-HEAD_CHARACTERS = 16
-
 
 @dataclass
 class LoadedModel:
@@ -125,12 +117,28 @@ def check_batching(max_tokens: int | None, batch_size: int | None, max_source_le
             raise ConfigError(f"must be a positive number, got {value}", key=key)
 
 
+def batch_limits(loaded: LoadedModel, generation_config, max_tokens: int | None, batch_size: int | None,
+                 max_source_length: int | None) -> tuple[int | None, int]:
+    """(padded source tokens a batch, None under a fixed batch_size; tokens a source keeps), for either backend."""
+    check_batching(max_tokens, batch_size, max_source_length)
+    budget = None if batch_size else source_budget(max_tokens, generation_config)
+    return budget, source_limit(loaded.model, loaded.tokenizer, max_source_length)
+
+
+def windows(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items, the last one shorter: what is sorted, generated and committed together."""
+    iterator = iter(items)
+    while window := list(itertools.islice(iterator, size)):
+        yield window
+
+
 class Generator:
     """Generates for a window of sources at a time and gives the predictions back in input order."""
 
     def __init__(self, loaded: LoadedModel, generation_config, *, max_tokens: int | None = None,
                  batch_size: int | None = None, max_source_length: int | None = None, seed: int = 42):
-        check_batching(max_tokens, batch_size, max_source_length)
+        self.max_tokens, self.max_source_length = batch_limits(loaded, generation_config, max_tokens, batch_size,
+                                                               max_source_length)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.nbest = (generation_config.num_return_sequences or 1) > 1
         # Output settings go on a copy: generate() warns when a config and keyword settings are mixed.
@@ -138,9 +146,7 @@ class Generator:
         self.config.return_dict_in_generate = True
         self.config.output_scores = self.nbest
         self.decoding = decoding_kwargs(self.config.num_beams, self.config.do_sample)  # batches that shrink
-        self.max_tokens = None if batch_size else source_budget(max_tokens, generation_config)
         self.batch_size = batch_size
-        self.max_source_length = source_limit(self.model, self.tokenizer, max_source_length)
         self.seed = seed
         self.truncated = 0
         self.oom_splits = 0
@@ -218,62 +224,16 @@ def make_generator(loaded: LoadedModel, generation_config, *, backend: str = "tr
         raise ConfigError(f"unknown backend {backend!r}", key="backend", hint=f"choose one of {', '.join(BACKENDS)}")
     if backend == "transformers":
         return Generator(loaded, generation_config, **settings)
-    check_batching(settings.get("max_tokens"), settings.get("batch_size"), settings.get("max_source_length"))
+    # The same budget as the transformers backend: on a CPU, beam 4 with the budget divided by 4 took
+    # 2.62 s where the whole budget took 2.70 s (random T5, 480 rows; raw translate_batch 2.47 s).
+    max_tokens, max_source_length = batch_limits(loaded, generation_config, settings.get("max_tokens"),
+                                                 settings.get("batch_size"), settings.get("max_source_length"))
     try:
         from .ct2 import Ct2Generator
     except ImportError as err:
         raise ConfigError("--backend ct2 needs CTranslate2", key="backend", hint="pip install ctranslate2") from err
-    max_source_length = source_limit(loaded.model, loaded.tokenizer, settings.get("max_source_length"))
-    # The same budget as the transformers backend: on a CPU, beam 4 with the budget divided by 4 took
-    # 2.62 s where the whole budget took 2.70 s (random T5, 480 rows; raw translate_batch 2.47 s).
-    max_tokens = None if settings.get("batch_size") else source_budget(settings.get("max_tokens"), generation_config)
     return Ct2Generator(loaded, generation_config, max_tokens=max_tokens, batch_size=settings.get("batch_size"),
                         max_source_length=max_source_length, seed=settings.get("seed", 42))
-
-
-def source_limit(model, tokenizer, max_source_length: int | None = None) -> int:
-    """Tokens a source keeps: the user's max_source_length, else the encoder's position limit, else the
-    tokenizer's model_max_length when it names one, else DEFAULT_SOURCE_LIMIT."""
-    from ..models.build import source_positions, tokenizer_limit
-
-    positions = source_positions(model)
-    if max_source_length is None:
-        return positions or tokenizer_limit(tokenizer) or DEFAULT_SOURCE_LIMIT
-    if positions is not None and max_source_length > positions:
-        raise ConfigError(f"{max_source_length} is beyond the model's {positions} positions", key="max_source_length",
-                          hint=f"set max_source_length to {positions} or less")
-    return max_source_length
-
-
-def encode_sources(tokenizer, sources: list[str], limit: int) -> tuple[list[list[int]], int]:
-    """Token ids of `sources`, each longer one cut to `limit` tokens as truncation=True cuts (its special tokens
-    kept), and how many were cut.
-
-    A source far longer than the limit is tokenized from a head of whole words: a 1 MB line would
-    otherwise be tokenized whole (about a second) to keep 1024 of its tokens. Tokenizers split words at
-    whitespace before they split them into tokens, so the head's tokens are the source's first tokens;
-    a head that does not reach the limit (huge words, no whitespace) leaves the whole source to decide.
-    """
-    texts = [_head(source, limit) for source in sources]
-    ids = tokenizer(texts, truncation=False)["input_ids"]
-    for i, source in enumerate(sources):
-        if len(texts[i]) < len(source) and len(ids[i]) <= limit:
-            texts[i] = source
-            ids[i] = tokenizer(source, truncation=False)["input_ids"]
-    cut = [i for i, row in enumerate(ids) if len(row) > limit]
-    if cut:
-        for i, row in zip(cut, tokenizer([texts[i] for i in cut], truncation=True, max_length=limit)["input_ids"]):
-            ids[i] = row
-    return ids, len(cut)
-
-
-def _head(text: str, limit: int) -> str:
-    """`text` up to the last whitespace before HEAD_CHARACTERS characters a token; short texts whole."""
-    bound = limit * HEAD_CHARACTERS
-    if len(text) <= bound:
-        return text
-    end = max(text.rfind(space, 0, bound) for space in " \t\n")
-    return text[:end] if end > 0 else text
 
 
 def prefix_for(loaded: LoadedModel, prefix: str | None) -> str:
@@ -309,9 +269,6 @@ def generate(model, inputs: Iterable[str], preset: str | None = None, *, tokeniz
 
 
 def _predict_stream(generator: Generator, inputs: Iterator[str], prefix: str, window: int) -> Iterator:
-    for index in itertools.count():
-        sources = list(itertools.islice(inputs, window))
-        if not sources:
-            return
+    for index, sources in enumerate(windows(inputs, window)):
         for prediction in generator.run_window([prefix + s for s in sources], index):
             yield list(zip(prediction.texts, prediction.scores)) if generator.nbest else prediction.texts[0]
