@@ -50,7 +50,7 @@ def check_file(path: str, formats: tuple[str, ...] = FORMATS) -> tuple[str, bool
                         hint="check the path; a relative path starts at the working directory")
     if os.path.isdir(path):
         raise DataError("is a directory, expected a data file", path=path,
-                        hint=f"point at one file ({supported(formats)})")
+                        hint=f"point at one file ({_supported(formats)})")
     return file_format(path, formats)
 
 
@@ -61,13 +61,12 @@ def file_format(path: str, formats: tuple[str, ...] = FORMATS) -> tuple[str, boo
     ext = os.path.splitext(name[:-3] if gzipped else name)[1]
     if ext not in formats or (gzipped and ext == ".parquet"):
         kind = (ext + ".gz" if gzipped else ext) or os.path.basename(path)
-        raise DataError(f"unsupported file type '{kind}'", path=path, hint=f"use one of {supported(formats)}")
+        raise DataError(f"unsupported file type '{kind}'", path=path, hint=f"use one of {_supported(formats)}")
     return ext, gzipped
 
 
-def supported(formats: tuple[str, ...]) -> str:
-    text = ", ".join(formats)
-    return text + " (text formats may also end in .gz)" if any(f != ".parquet" for f in formats) else text
+def _supported(formats: tuple[str, ...]) -> str:
+    return ", ".join(formats) + " (text formats may also end in .gz)"
 
 
 def iter_rows(path: str, *, whole_arrays: bool = False) -> Iterator[Row]:
