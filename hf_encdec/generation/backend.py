@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config.job_keys import DEFAULT_SOURCE_LIMIT
+from ..errors import ConfigError
+
 # Characters of a long source tokenized per token it may keep: SentencePiece pieces span at most 16,
 # typical tokens 3 to 5, so the head almost always holds every token kept (else the whole is tokenized).
 HEAD_CHARACTERS = 16
@@ -19,6 +22,20 @@ class Prediction:
     texts: list[str]
     scores: list[float] | None  # n-best: one log-probability per text, best first
     tokens: int  # generated tokens, for the throughput report
+
+
+def source_limit(model, tokenizer, max_source_length: int | None = None) -> int:
+    """Tokens a source keeps: the user's max_source_length, else the encoder's position limit, else the
+    tokenizer's model_max_length when it names one, else DEFAULT_SOURCE_LIMIT."""
+    from ..models.build import source_positions, tokenizer_limit
+
+    positions = source_positions(model)
+    if max_source_length is None:
+        return positions or tokenizer_limit(tokenizer) or DEFAULT_SOURCE_LIMIT
+    if positions is not None and max_source_length > positions:
+        raise ConfigError(f"{max_source_length} is beyond the model's {positions} positions", key="max_source_length",
+                          hint=f"set max_source_length to {positions} or less")
+    return max_source_length
 
 
 def encode_sources(tokenizer, sources: list[str], limit: int) -> tuple[list[list[int]], int]:

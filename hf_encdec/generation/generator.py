@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..batching import batch_by_size
-from ..config.job_keys import BACKENDS, DEFAULT_MAX_TOKENS, DEFAULT_SOURCE_LIMIT, DEFAULT_WINDOW, check_batching
+from ..config.job_keys import BACKENDS, DEFAULT_MAX_TOKENS, DEFAULT_WINDOW, check_batching
 from ..errors import ConfigError, ModelError
 from ..models.decoding import decoding_kwargs
-from .backend import Prediction, encode_sources
+from .backend import Prediction, encode_sources, source_limit
 from .ct2 import Ct2Generator
 
 logger = logging.getLogger("hf_encdec.generation")
@@ -105,12 +103,28 @@ def source_budget(max_tokens: int | None, config) -> int:
     return max(1, (max_tokens or DEFAULT_MAX_TOKENS) // width)
 
 
+def batch_limits(loaded: LoadedModel, generation_config, max_tokens: int | None, batch_size: int | None,
+                 max_source_length: int | None) -> tuple[int | None, int]:
+    """(padded source tokens a batch, None under a fixed batch_size; tokens a source keeps), for either backend."""
+    check_batching(max_tokens, batch_size, max_source_length)
+    budget = None if batch_size else source_budget(max_tokens, generation_config)
+    return budget, source_limit(loaded.model, loaded.tokenizer, max_source_length)
+
+
+def windows(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items, the last one shorter: what is sorted, generated and committed together."""
+    iterator = iter(items)
+    while window := list(itertools.islice(iterator, size)):
+        yield window
+
+
 class Generator:
     """Generates for a window of sources at a time and gives the predictions back in input order."""
 
     def __init__(self, loaded: LoadedModel, generation_config, *, max_tokens: int | None = None,
                  batch_size: int | None = None, max_source_length: int | None = None, seed: int = 42):
-        check_batching(max_tokens, batch_size, max_source_length)
+        self.max_tokens, self.max_source_length = batch_limits(loaded, generation_config, max_tokens, batch_size,
+                                                               max_source_length)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.nbest = (generation_config.num_return_sequences or 1) > 1
         # Output settings go on a copy: generate() warns when a config and keyword settings are mixed.
@@ -118,9 +132,7 @@ class Generator:
         self.config.return_dict_in_generate = True
         self.config.output_scores = self.nbest
         self.decoding = decoding_kwargs(self.config.num_beams, self.config.do_sample)  # batches that shrink
-        self.max_tokens = None if batch_size else source_budget(max_tokens, generation_config)
         self.batch_size = batch_size
-        self.max_source_length = source_limit(self.model, self.tokenizer, max_source_length)
         self.seed = seed
         self.truncated = 0
         self.oom_splits = 0
@@ -195,27 +207,12 @@ def make_generator(loaded: LoadedModel, generation_config, *, backend: str = "tr
         raise ConfigError(f"unknown backend {backend!r}", key="backend", hint=f"choose one of {', '.join(BACKENDS)}")
     if backend == "transformers":
         return Generator(loaded, generation_config, **settings)
-    check_batching(settings.get("max_tokens"), settings.get("batch_size"), settings.get("max_source_length"))
-    max_source_length = source_limit(loaded.model, loaded.tokenizer, settings.get("max_source_length"))
     # The same budget as the transformers backend: on a CPU, beam 4 with the budget divided by 4 took
     # 2.62 s where the whole budget took 2.70 s (random T5, 480 rows; raw translate_batch 2.47 s).
-    max_tokens = None if settings.get("batch_size") else source_budget(settings.get("max_tokens"), generation_config)
+    max_tokens, max_source_length = batch_limits(loaded, generation_config, settings.get("max_tokens"),
+                                                 settings.get("batch_size"), settings.get("max_source_length"))
     return Ct2Generator(loaded, generation_config, max_tokens=max_tokens, batch_size=settings.get("batch_size"),
                         max_source_length=max_source_length, seed=settings.get("seed", 42))
-
-
-def source_limit(model, tokenizer, max_source_length: int | None = None) -> int:
-    """Tokens a source keeps: the user's max_source_length, else the encoder's position limit, else the
-    tokenizer's model_max_length when it names one, else DEFAULT_SOURCE_LIMIT."""
-    from ..models.build import source_positions, tokenizer_limit
-
-    positions = source_positions(model)
-    if max_source_length is None:
-        return positions or tokenizer_limit(tokenizer) or DEFAULT_SOURCE_LIMIT
-    if positions is not None and max_source_length > positions:
-        raise ConfigError(f"{max_source_length} is beyond the model's {positions} positions", key="max_source_length",
-                          hint=f"set max_source_length to {positions} or less")
-    return max_source_length
 
 
 def prefix_for(loaded: LoadedModel, prefix: str | None) -> str:
@@ -251,9 +248,6 @@ def generate(model, inputs: Iterable[str], preset: str | None = None, *, tokeniz
 
 
 def _predict_stream(generator: Generator, inputs: Iterator[str], prefix: str, window: int) -> Iterator:
-    for index in itertools.count():
-        sources = list(itertools.islice(inputs, window))
-        if not sources:
-            return
+    for index, sources in enumerate(windows(inputs, window)):
         for prediction in generator.run_window([prefix + s for s in sources], index):
             yield list(zip(prediction.texts, prediction.scores)) if generator.nbest else prediction.texts[0]

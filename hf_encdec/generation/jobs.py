@@ -13,6 +13,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from .generator import (
     make_generator,
     prefix_for,
     resolve_preset,
+    windows,
 )
 from .resumable import (
     ResumableOutput,
@@ -35,16 +38,8 @@ from .resumable import (
     refuse_finished,
 )
 from ..rundir import read_adapter_config, write_atomically
-from ..data.streaming import (
-    TEXT_COLUMN,
-    Row,
-    check_input,
-    first_columns,
-    input_format,
-    iter_rows,
-    no_rows_error,
-    source_of,
-)
+from ..data.columns import as_text, missing_column, pick_columns, text_problem
+from ..data.formats import TEXT_COLUMN, Row, check_file, file_format, first_columns, iter_rows, no_rows_error
 
 logger = logging.getLogger("hf_encdec.generation")
 
@@ -54,29 +49,28 @@ SHOW_EXAMPLES = 5
 # ----------------------------------------------------------------------------- input checks
 
 
+def check_input(path: str) -> None:
+    check_file(path)
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe would be empty on the second pass, a device endless
+        raise DataError("is not a regular file (a pipe, socket or device)", path=path,
+                        hint="save the input to a file first: it is read twice, once to check it and once to run")
+
+
 def pick_source_column(loaded: LoadedModel, path: str, given: str | None) -> str:
-    ext, _ = input_format(path)
-    if ext == ".txt":
+    """--source_column, else the column the model was trained on, else one of the task's usual source names."""
+    if file_format(path)[0] == ".txt":
         return TEXT_COLUMN
     columns = first_columns(path)
     if not columns:
         _refuse_without_columns(path, given)
-    if given is not None:
-        if columns and given not in columns:
-            raise DataError(f"has no column '{given}' (columns: {', '.join(columns)})", path=path, column=given,
-                            hint="set --source_column to one of the columns")
         return given
     from ..data.tasks import TASKS
 
     trained = loaded.run_config.get("source_column") or loaded.run_config.get("source_lang")
     task = TASKS.get(loaded.run_config.get("task", "text2text"), TASKS["text2text"])
-    for candidate in [trained, *(source for source, _ in task.column_candidates)]:
-        if candidate in columns:
-            return candidate
-    if len(columns) == 1:
-        return columns[0]
-    raise DataError(f"cannot tell which column is the source (columns: {', '.join(columns)})", path=path,
-                    hint="set --source_column")
+    source, _ = pick_columns(path, columns, source_column=given, target_column=None,
+                             guesses=[(trained, None), *task.column_candidates], source_only=True)
+    return source
 
 
 def _refuse_without_columns(path: str, given: str | None) -> None:
@@ -90,19 +84,21 @@ def _refuse_without_columns(path: str, given: str | None) -> None:
                         hint="fix the file, or set --source_column and pass --on_error skip to skip bad rows")
 
 
-def row_problem(row: Row, column: str) -> tuple[str | None, bool]:
-    """(what is wrong, whether it is structural); (None, False) for a good row."""
+def row_problem(row: Row, column: str) -> tuple[str | None, str | None]:
+    """(what is wrong, how to fix it): the fix is None for a missing or empty source, which is skipped by
+    default, and set for a row that cannot be read; (None, None) for a good row."""
     if row.record is None:
-        return row.error, True
+        return row.error, row.hint or "fix the row"
     value = row.record.get(column)
-    if isinstance(value, (list, dict)):  # worded as training words it (data._text)
-        return f"value is a {type(value).__name__}, expected text", True
-    source = source_of(row.record, column)
+    problem = text_problem(value)
+    if problem:
+        return problem
+    source = as_text(value)
     if source is None:
-        return f"missing source '{column}'", False
+        return f"missing source '{column}'", None
     if not source.strip():
-        return "empty source", False
-    return None, False
+        return "empty source", None
+    return None, None
 
 
 def scan_input(path: str, column: str, on_error: str | None) -> int:
@@ -110,9 +106,10 @@ def scan_input(path: str, column: str, on_error: str | None) -> int:
     total, bad = 0, []
     for row in iter_rows(path):
         total += 1
-        problem, structural = row_problem(row, column)
+        problem, fix = row_problem(row, column)
+        structural = fix is not None
         if problem and (on_error == "fail" or (structural and on_error is None)):
-            hint = "fix the row, or pass --on_error skip to skip bad rows" if structural else \
+            hint = f"{fix}, or pass --on_error skip to skip bad rows" if structural else \
                 "fix the row, or leave --on_error unset to skip empty sources"
             raise DataError(problem, path=path, line=row.line, column=None if structural else column, hint=hint)
         if problem:
@@ -131,7 +128,7 @@ def scan_input(path: str, column: str, on_error: str | None) -> int:
 def generate_file(options: GenerateOptions, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the model over `options.input` into `options.output`; resumable, in input order."""
     check_input(options.input)
-    out_ext, out_gz = input_format(options.output) if options.output.endswith((".jsonl", ".txt")) else ("", False)
+    out_ext, out_gz = file_format(options.output) if options.output.endswith((".jsonl", ".txt")) else ("", False)
     if out_ext not in (".jsonl", ".txt") or out_gz:
         raise ConfigError("the output must be a .jsonl or .txt file", key="output", path=options.output)
     if options.window < 1:
@@ -207,23 +204,24 @@ def _run(generator, output: ResumableOutput, options: GenerateOptions, column: s
     output (a window's batches, and a sampling window's seed, depend on the window alone).
     """
     processes, rank = current.num_processes, current.process_index
-    rows = itertools.islice(iter_rows(options.input), done, None)
+    stream = windows(itertools.islice(iter_rows(options.input), done, None), options.window)
     stats = {"rows": done, "generated": 0, "skipped": 0, "tokens": 0, "seconds": 0.0, "truncated": 0,
              "oom_splits": 0}
     start = time.perf_counter()
     show = options.progress and current.is_main_process
     with console.progress(total, "generating", "rows", initial=done, enabled=show) as bar:
         for first in itertools.count(done // options.window, processes):
-            windows = [list(itertools.islice(rows, options.window)) for _ in range(processes)]
-            if not windows[0]:
+            round_windows = list(itertools.islice(stream, processes))
+            if not round_windows:
                 break
-            mine = _window_output(generator, windows[rank], first + rank, column, prefix, out_ext)
+            rows = round_windows[rank] if rank < len(round_windows) else []  # the last round may be short
+            mine = _window_output(generator, rows, first + rank, column, prefix, out_ext)
             texts = []
             for text, counts in distributed.gather_in_order(current, mine):
                 texts.append(text)
                 for key, value in counts.items():
                     stats[key] += value
-            rows_done = sum(len(window) for window in windows)
+            rows_done = sum(len(window) for window in round_windows)
             if current.is_main_process:
                 output.append("".join(texts), rows_done)
             elapsed = time.perf_counter() - start
@@ -240,7 +238,7 @@ def _window_output(generator, window: list[Row], index: int, column: str, prefix
                    out_ext: str) -> tuple[str, dict[str, int]]:
     """One window's output lines (one per input row) and its counts."""
     good = [i for i, row in enumerate(window) if row_problem(row, column)[0] is None]
-    predictions = generator.run_window([prefix + source_of(window[i].record, column) for i in good], index)
+    predictions = generator.run_window([prefix + as_text(window[i].record.get(column)) for i in good], index)
     by_row = dict(zip(good, predictions))
     text = "".join(_format(row, by_row.get(i), column, out_ext, generator.nbest) for i, row in enumerate(window))
     return text, {"rows": len(window), "generated": len(good), "skipped": len(window) - len(good),
@@ -300,10 +298,8 @@ def evaluate_file(options: EvaluateOptions, overrides: dict[str, Any] | None = N
     generator = make_generator(loaded, config, backend=options.backend, max_tokens=options.max_tokens,
                                batch_size=options.batch_size, max_source_length=trained.get("max_source_length"))
     prefix = prefix_for(loaded, options.source_prefix)
-    predictions = []
-    for index in range(0, len(split), DEFAULT_WINDOW):
-        sources = [prefix + s for s in split.sources[index:index + DEFAULT_WINDOW]]
-        predictions += [p.texts[0] for p in generator.run_window(sources, index // DEFAULT_WINDOW)]
+    predictions = [prediction.texts[0] for index, sources in enumerate(windows(split.sources, DEFAULT_WINDOW))
+                   for prediction in generator.run_window([prefix + s for s in sources], index)]
     metrics = {**compute_metrics(names, predictions, split.targets), "rows": len(split), "dropped": split.dropped}
     if distributed.state().is_main_process:  # under a launcher every process scores the whole file
         record = {**metrics, **evaluation_context(options, loaded, config, overrides, names, split)}
@@ -339,7 +335,8 @@ def describe_model(ref: str, loaded: LoadedModel) -> dict[str, Any]:
 
 def read_references(options: EvaluateOptions, trained: dict[str, Any], task):
     """The rows of --data with their references, read once; the reference column is never a guess."""
-    from ..data.reader import build_split, read_file
+    from ..data.reader import read_file
+    from ..data.splits import build_split
 
     path = options.data
     languages = {"source_lang": trained.get("source_lang"), "target_lang": trained.get("target_lang")}
@@ -356,8 +353,7 @@ def reference_column(path: str, columns: list[str], records: list[dict], given: 
     task's usual names; None for the WMT layout ({"translation": {lang: text}}), which select_pairs reads."""
     if given is not None:
         if given not in columns:
-            raise DataError(f"has no column '{given}' (columns: {', '.join(columns)})", path=path, column=given,
-                            hint="set --target_column to the column of references")
+            raise missing_column(path, columns, given, "set --target_column to the column of references")
         return given
     target_lang = trained.get("target_lang")
     if target_lang and trained.get("source_lang") and any(isinstance(r.get("translation"), dict) for r in records):

@@ -17,7 +17,7 @@ from typing import Any
 from . import checkpoints
 from .. import console, distributed, rundir
 from ..publish import hub
-from ..data import reader as data_lib
+from ..data import splits as data_lib
 from ..models.adapters import apply_peft, quantization_config, save_merged
 from ..config.run_config import RunConfig, load_config
 from ..config.run_inputs import check_apart_from_inputs

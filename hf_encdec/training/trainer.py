@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+from transformers import Seq2SeqTrainer, TrainerCallback
 
 from . import checkpoints, samplers
 from .. import console

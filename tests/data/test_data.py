@@ -1,4 +1,4 @@
-"""Tests for hf_encdec.data.reader: reading files, picking columns, validating rows, splits, report."""
+"""Tests for the data wing's readers and splits: reading files, picking columns, validating rows, splits, report."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import logging
 
 import pytest
 
-from hf_encdec.data.reader import (
+from hf_encdec.data.reader import read_records
+from hf_encdec.data.splits import (
     Split,
     carve_validation,
     format_data_report,
     length_stats,
     load_file_split,
     load_hub_split,
-    read_records,
     select_pairs,
     validate_rows,
 )
@@ -426,7 +426,7 @@ def test_carve_validation_independent_of_hash_seed():
     import hf_encdec
 
     code = (
-        "from hf_encdec.data.reader import Split, carve_validation as c\n"
+        "from hf_encdec.data.splits import Split, carve_validation as c\n"
         "s = Split('train', 'x', [str(i) for i in range(50)], ['t'] * 50, list(range(50)))\n"
         "print(c(s, 0.2, 3)[1].sources)"
     )
@@ -477,7 +477,7 @@ def test_format_data_report_shows_truncation():
 def test_parallel_text_files_by_language_pattern(tmp_path):
     import gzip
 
-    from hf_encdec.data.reader import load_file_split
+    from hf_encdec.data.splits import load_file_split
 
     with gzip.open(tmp_path / "train.en.gz", "wt", encoding="utf-8") as f:
         f.write("A dog runs.\nNA\n007\n")
@@ -502,7 +502,7 @@ def test_parallel_text_files_must_align(tmp_path):
 
 
 def test_parallel_text_files_with_windows_line_endings_read_clean(tmp_path):
-    from hf_encdec.data.reader import load_file_split
+    from hf_encdec.data.splits import load_file_split
 
     (tmp_path / "t.en").write_bytes(b"A dog runs.\r\nA cat  \r\nlast\r\n")
     (tmp_path / "t.de").write_bytes(b"Ein Hund rennt.\r\nEine Katze  \r\nletzte")  # no newline at the end

@@ -398,7 +398,7 @@ def _csv_bad_byte_on_line_801(path: Path) -> None:
     ("list.jsonl", lambda p: p.write_text('{"source": ["a", "b"]}\n'),
      ["list.jsonl:1", "value is a list, expected text", "--on_error skip"]),
     ("surrogate.jsonl", lambda p: p.write_text('{"source": "ok"}\n{"x": "\\ud800", "source": "a"}\n'),
-     ["surrogate.jsonl:2", "invalid Unicode character (a lone surrogate \\ud800) in column 'x'"]),
+     ["surrogate.jsonl:2", "invalid Unicode character (a lone surrogate, U+D800, at character 1) in column 'x'"]),
     ("array.jsonl", lambda p: p.write_text('[{"source": "a"}]\n'), ["array.jsonl:1", "JSON array"]),
 ])
 def test_damaged_inputs_are_one_line_naming_where(name, build, fragments, t5, tmp_path, capsys):
@@ -417,7 +417,7 @@ def test_a_lone_surrogate_row_can_be_skipped(t5, tmp_path, capsys):
     rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     assert [row["prediction"] is None for row in rows] == [False, True, False]
     assert rows[1] == {"line": 2, "prediction": None, "error": rows[1]["error"]}
-    assert "lone surrogate \\udfff" in rows[1]["error"] and "column 'meta'" in rows[1]["error"]
+    assert "lone surrogate, U+DFFF" in rows[1]["error"] and "column 'meta'" in rows[1]["error"]
 
 
 def test_an_input_removed_between_the_check_and_the_run(t5, txt, tmp_path, capsys, monkeypatch):

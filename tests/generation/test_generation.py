@@ -197,7 +197,7 @@ def test_broken_rows_fail_before_generating_and_can_be_skipped(tiny_models, tmp_
             "--max_new_tokens", "4", "--progress", "false"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert f"{path}:2: invalid JSON" in err and "--on_error skip" in err
+    assert f"{path}:2: is not valid JSON" in err and "--on_error skip" in err
     assert not out.exists() and not list(tmp_path.glob("out.jsonl*"))
 
     assert main([*args, "--on_error", "skip"]) == 0

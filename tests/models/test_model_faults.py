@@ -19,8 +19,8 @@ from test_error_catalogue import _assert_user_error
 
 from hf_encdec.cli import main
 from hf_encdec.errors import ConfigError
-from hf_encdec.generation.backend import encode_sources
-from hf_encdec.generation.generator import DEFAULT_SOURCE_LIMIT, source_limit
+from hf_encdec.config.job_keys import DEFAULT_SOURCE_LIMIT
+from hf_encdec.generation.backend import encode_sources, source_limit
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -232,7 +232,7 @@ TRAIN_FAULTS = [
     ("nul-byte-in-csv", {"train_file": _data("nul.csv", "source,target\nred,cat\nblue\0,dog\n")},
      ["nul.csv:3", "NUL byte", "UTF-8"]),
     ("truncated-gzip", {"train_file": _data("t.jsonl.gz", gzip.compress(b'{"source": "a", "target": "b"}\n' * 50)[:-20])},
-     ["t.jsonl.gz", "cannot read the file"]),
+     ["t.jsonl.gz", "cannot be read from here on"]),
     ("same-language-pattern", {"train_file": _parallel, "source_lang": "en", "target_lang": "en"},
      ["source_lang and target_lang are both 'en'", "target_lang"]),
 ]
