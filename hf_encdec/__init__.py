@@ -10,6 +10,7 @@ to the Hub. Heavy libraries load on first use, so `import hf_encdec` stays cheap
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from .errors import ConfigError, DataError, HubError, ModelError, UserError
 if TYPE_CHECKING:
     from .training.run import TrainResult
 
-__version__ = "0.1.0"
+__version__ = version("hf-encdec")  # declared once, in pyproject.toml
 __all__ = ["ConfigError", "DataError", "HubError", "ModelError", "RunConfig", "UserError", "evaluate", "generate",
            "generate_file", "load_config", "merge", "push", "train"]
 

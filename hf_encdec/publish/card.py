@@ -17,7 +17,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..config.keys import TRAINING_DEFAULTS
 from ..config.run_config import RunConfig, is_local_path, read_saved_config
 from ..console import duration
@@ -31,8 +30,8 @@ logger = logging.getLogger("hf_encdec.card")
 
 HYPERPARAMETERS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_steps",
                    "weight_decay", "lr_scheduler_type", "label_smoothing_factor", "seed", "bf16", "fp16")
-# The versions a run records in metrics.json and its card lists (hf-encdec's own comes from the package).
-FRAMEWORKS = ("transformers", "torch", "peft", "datasets", "tokenizers", "accelerate", "sacrebleu")
+# The versions a run records in metrics.json and its card lists, ours first (as installed: pyproject.toml's).
+FRAMEWORKS = ("hf-encdec", "transformers", "torch", "peft", "datasets", "tokenizers", "accelerate", "sacrebleu")
 TO_FILL = "More information needed"
 
 USAGE = '''```python
@@ -406,7 +405,7 @@ def run_environment(on_gpu: bool, processes: int) -> dict[str, Any]:
     import torch
 
     hardware = f"GPU: {torch.cuda.get_device_name(0)}" if on_gpu else f"CPU: {_cpu_name()} ({os.cpu_count()} cores)"
-    versions = {"hf-encdec": __version__}
+    versions = {}
     for name in FRAMEWORKS:
         try:
             versions[name] = version(name)
