@@ -29,7 +29,6 @@ from .ct2 import Ct2Generator
 logger = logging.getLogger("hf_encdec.generation")
 
 
-
 @dataclass
 class LoadedModel:
     model: Any
@@ -60,13 +59,11 @@ def load_model(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool 
 
 def _with_decoder_tokenizer(directory: Path, tokenizer):
     """A warm-started pair saved with its decoder's tokenizer (BERT2GPT2) writes its outputs in that one's ids."""
-    from ..models.loading import load_tokenizer
-    from ..models.warm_start import PairTokenizer, special_token_ids
-    from ..rundir import DECODER_TOKENIZER_DIR
+    from ..models.warm_start import PairTokenizer, saved_decoder_tokenizer, special_token_ids
 
-    if not (directory / DECODER_TOKENIZER_DIR).is_dir():
+    decoder = saved_decoder_tokenizer(str(directory))
+    if decoder is None:
         return tokenizer
-    decoder = load_tokenizer(str(directory / DECODER_TOKENIZER_DIR), key="model")
     return PairTokenizer(tokenizer, decoder, special_token_ids(decoder)["eos_token_id"])
 
 

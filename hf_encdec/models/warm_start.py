@@ -284,10 +284,17 @@ def describe(model: Any, model_args: Any) -> dict[str, Any]:
 
 def load_tokenizers(directory: str, key: str = "model") -> tuple[Any, Any]:
     """Input and output tokenizers of a saved run: the same one unless it is a pair with a decoder tokenizer."""
+    from .loading import load_tokenizer
+
+    tokenizer = load_tokenizer(directory, key=key)
+    return tokenizer, saved_decoder_tokenizer(directory, key) or tokenizer
+
+
+def saved_decoder_tokenizer(directory: str, key: str = "model") -> Any | None:
+    """A saved pair's own decoder tokenizer (BERT2GPT2), or None where the decoder reads the encoder's."""
     from pathlib import Path
 
     from .loading import load_tokenizer
 
-    tokenizer = load_tokenizer(directory, key=key)
     decoder_dir = Path(directory) / DECODER_TOKENIZER_DIR
-    return tokenizer, load_tokenizer(str(decoder_dir), key=key) if decoder_dir.is_dir() else tokenizer
+    return load_tokenizer(str(decoder_dir), key=key) if decoder_dir.is_dir() else None
